@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="spacy-contproto",
+    version="0.1.0",
+    description=(
+        "ContProto (Zhou et al., ACL 2023): contrastive self-training with "
+        "prototype-based pseudo-labelling for cross-lingual span-based NER in spaCy"
+    ),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["spacy_contproto", "spacy_contproto.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "spacy>=3.8,<3.9",
+        "spacy-transformers>=1.4,<1.5",
+        "thinc>=8.3,<8.4",
+        "torch>=2.1",
+        "numpy",
+        "srsly",
+        "typer",
+    ],
+    extras_require={"dev": ["pytest", "seqeval"]},
+    entry_points={
+        "spacy_factories": ["span_contproto = spacy_contproto.component:make_span_contproto"],
+        "spacy_architectures": [
+            "spacy_contproto.SpanContProto.v1 = spacy_contproto.model:build_span_contproto_model",
+        ],
+        "thinc_layers": [
+            "spacy_contproto.first_last_pooling.v1 = spacy_contproto.model:first_last_pooling",
+        ],
+    },
+)

@@ -1,0 +1,273 @@
+"""Thinc architecture: tok2vec (transformer features) >> PyTorch span head.
+
+The model maps a batch of Docs to :class:`SpanOutputs`: the enumerated spans of
+every Doc and, for each span, classifier logits, the span representation z and
+(in training) its L2-normalised projection for the contrastive loss.
+"""
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, torch2xp, xp2torch
+from thinc.types import Floats2d, Ints1d, Ints2d, Ragged
+
+from .span_head import TOKEN_FEATURE_MODES, SpanHead
+from .spans import enumerate_spans, sentence_ids
+
+
+@dataclass
+class SpanOutputs:
+    spans: Ragged  # data: Ints2d (n_spans, 2) of [start, end) per doc; lengths: spans per doc
+    logits: Floats2d
+    representations: Floats2d  # z = [h_start; h_end; width]
+    projections: Optional[Floats2d] = None  # normalised projection of z (training only)
+
+
+@dataclass
+class SpanGradients:
+    d_logits: Optional[Floats2d] = None
+    d_representations: Optional[Floats2d] = None
+    d_projections: Optional[Floats2d] = None
+
+
+def doc_spans(docs: List[Doc], max_span_length: int) -> Ragged:
+    """Enumerate the spans of each Doc (within its sentences when they are set)."""
+    per_doc = []
+    for doc in docs:
+        if doc.has_annotation("SENT_START"):
+            ids = sentence_ids(doc.to_array("SENT_START"))
+        else:
+            ids = numpy.zeros(len(doc), dtype=numpy.int64)
+        per_doc.append(enumerate_spans(ids, max_span_length))
+    lengths = numpy.asarray([len(s) for s in per_doc], dtype=numpy.int32)
+    data = numpy.concatenate(per_doc) if per_doc else numpy.zeros((0, 2), dtype=numpy.int32)
+    return Ragged(data.astype(numpy.int32).reshape(-1, 2), lengths)
+
+
+@registry.architectures("spacy_contproto.SpanContProto.v1")
+def build_span_contproto_model(
+    tok2vec: Model[List[Doc], List[Floats2d]],
+    max_span_length: int = 4,
+    width_embedding_width: int = 64,
+    hidden_width: Optional[int] = None,
+    projection_width: int = 128,
+    dropout: float = 0.2,
+    token_features: str = "first_last",
+    mixed_precision: bool = False,
+) -> Model[List[Doc], SpanOutputs]:
+    """Span-based NER model of the paper's §2.2 plus the projection head of §3.1.
+
+    tok2vec: token features, usually a spacy-transformers listener or embedded
+        transformer; with token_features="first_last" its pooling must be
+        spacy_contproto.first_last_pooling.v1.
+    max_span_length: longest span enumerated, in tokens (published code: 4).
+    width_embedding_width: size of the span-width embedding.
+    hidden_width: hidden layer of the classifier MLP; null = span vector width.
+    projection_width: output of the contrastive projection head (paper: 128).
+    dropout: dropout on token features and inside the classifier (published: 0.2).
+    token_features: "first_last" (start = first word-piece of the first token,
+        end = last word-piece of the last token) or "pooled" (one vector per token).
+    mixed_precision: run the span head under torch autocast (GPU).
+    """
+    if max_span_length < 1:
+        raise ValueError(f"max_span_length must be >= 1, got {max_span_length}")
+    if token_features not in TOKEN_FEATURE_MODES:
+        raise ValueError(
+            f"token_features must be one of {TOKEN_FEATURE_MODES}, got {token_features!r}"
+        )
+    head: Model = Model(
+        "span_contproto_head",
+        forward=_head_forward,
+        init=_head_init,
+        dims={"nI": None, "nO": None},
+        attrs={
+            "max_span_length": max_span_length,
+            "width_embedding_width": width_embedding_width,
+            "hidden_width": hidden_width,
+            "projection_width": projection_width,
+            "dropout": dropout,
+            "token_features": token_features,
+            "mixed_precision": mixed_precision,
+        },
+    )
+    model: Model = Model(
+        "span_contproto",
+        forward=_forward,
+        init=_init,
+        layers=[tok2vec, head],
+        attrs={"max_span_length": max_span_length, "predict_projections": False},
+    )
+    model.set_ref("tok2vec", tok2vec)
+    model.set_ref("span_head", head)
+    return model
+
+
+def _init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    tok2vec = model.get_ref("tok2vec")
+    head = model.get_ref("span_head")
+    tok2vec.initialize(X=X) if X is not None else tok2vec.initialize()
+    if not head.has_dim("nI"):
+        sample = [doc for doc in (X or []) if len(doc)][:8]
+        if not sample:
+            raise ValueError(
+                "span_contproto needs at least one non-empty Doc to infer the width "
+                "of its token features during initialization."
+            )
+        widths = {f.shape[1] for f in tok2vec.predict(sample) if f.shape[0]}
+        if len(widths) != 1:
+            raise ValueError(f"tok2vec gave token vectors of inconsistent widths {widths}")
+        head.set_dim("nI", widths.pop())
+    head.initialize()
+
+
+def span_head_module(model: Model) -> SpanHead:
+    """The initialised torch SpanHead inside a span_contproto model."""
+    return model.get_ref("span_head").layers[0].shims[0]._model
+
+
+def _head_init(model: Model, X=None, Y=None) -> None:
+    if model.layers:
+        return
+    for dim in ("nI", "nO"):
+        if not model.has_dim(dim):
+            raise ValueError(f"span_contproto head: dimension {dim} must be set before initialize")
+    attrs = model.attrs
+    module = SpanHead(
+        model.get_dim("nI"),
+        model.get_dim("nO"),
+        max_span_length=attrs["max_span_length"],
+        width_embedding_width=attrs["width_embedding_width"],
+        hidden_width=attrs["hidden_width"],
+        projection_width=attrs["projection_width"],
+        dropout=attrs["dropout"],
+        token_features=attrs["token_features"],
+    )
+    model._layers = [
+        PyTorchWrapper_v2(
+            module,
+            convert_inputs=_convert_head_inputs,
+            convert_outputs=_convert_head_outputs,
+            mixed_precision=attrs["mixed_precision"],
+        )
+    ]
+
+
+def _head_forward(model: Model, X, is_train: bool):
+    return model.layers[0](X, is_train)
+
+
+def _convert_head_inputs(model: Model, X, is_train: bool):
+    tokens, starts, ends, with_projection = X
+    device = model.shims[0].device
+    tokens_t = xp2torch(tokens, requires_grad=is_train, device=device)
+    starts_t = xp2torch(model.ops.xp.asarray(starts, dtype="int64"), device=device)
+    ends_t = xp2torch(model.ops.xp.asarray(ends, dtype="int64"), device=device)
+
+    def backprop(d_inputs: ArgsKwargs) -> Floats2d:
+        return torch2xp(d_inputs.args[0], ops=model.ops)
+
+    inputs = ArgsKwargs(args=(tokens_t, starts_t, ends_t), kwargs={"with_projection": with_projection})
+    return inputs, backprop
+
+
+def _convert_head_outputs(model: Model, inputs_outputs, is_train: bool):
+    _, outputs = inputs_outputs
+    # float32 out even under autocast: losses are computed in full precision
+    converted = tuple(torch2xp(t.float(), ops=model.ops) for t in outputs)
+
+    def backprop(grads: Tuple[Optional[Floats2d], ...]) -> ArgsKwargs:
+        tensors, grad_tensors = [], []
+        for tensor, grad in zip(outputs, grads):
+            if grad is not None:
+                tensors.append(tensor)
+                grad_t = xp2torch(model.ops.asarray(grad), device=tensor.device)
+                grad_tensors.append(grad_t.to(tensor.dtype))
+        return ArgsKwargs(args=(tensors,), kwargs={"grad_tensors": grad_tensors})
+
+    return converted, backprop
+
+
+def _forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[SpanOutputs, Callable[[SpanGradients], List[Doc]]]:
+    tok2vec = model.get_ref("tok2vec")
+    head = model.get_ref("span_head")
+    ops = model.ops
+    spans = doc_spans(docs, model.attrs["max_span_length"])
+    n_classes = head.get_dim("nO")
+    with_projection = is_train or model.attrs["predict_projections"]
+    if spans.data.shape[0] == 0:
+        # No token in the whole batch (only empty Docs): spacy-transformers' pooling
+        # cannot run on such a batch, and there is nothing to score.
+        outputs = SpanOutputs(
+            spans=spans,
+            logits=ops.alloc2f(0, n_classes),
+            representations=ops.alloc2f(0, span_head_module(model).span_width),
+            projections=ops.alloc2f(0, head.attrs["projection_width"]) if with_projection else None,
+        )
+        return outputs, lambda grads: []
+    features, backprop_tok2vec = tok2vec(docs, is_train)
+    lengths = numpy.asarray([f.shape[0] for f in features], dtype=numpy.int64)
+    doc_offsets = numpy.cumsum(lengths) - lengths
+    span_offsets = numpy.repeat(doc_offsets, spans.lengths)
+    starts = spans.data[:, 0] + span_offsets
+    ends = spans.data[:, 1] + span_offsets
+    tokens = ops.xp.concatenate([f for f in features if f.shape[0]], axis=0)
+    head_outputs, backprop_head = head((tokens, starts, ends, with_projection), is_train)
+    outputs = SpanOutputs(
+        spans=spans,
+        logits=head_outputs[0],
+        representations=head_outputs[1],
+        projections=head_outputs[2] if with_projection else None,
+    )
+
+    def backprop(grads: SpanGradients) -> List[Doc]:
+        head_grads = (grads.d_logits, grads.d_representations)
+        if with_projection:
+            head_grads += (grads.d_projections,)
+        if all(g is None for g in head_grads):
+            d_tokens = ops.alloc2f(*tokens.shape)
+        else:
+            d_tokens = backprop_head(head_grads)
+        split_at = numpy.cumsum(lengths)[:-1]
+        d_features = ops.xp.split(d_tokens, split_at) if len(lengths) else []
+        d_features = [
+            d if f.shape[0] else ops.alloc2f(*f.shape) for d, f in zip(d_features, features)
+        ]
+        return backprop_tok2vec(d_features)
+
+    return outputs, backprop
+
+
+@registry.layers("spacy_contproto.first_last_pooling.v1")
+def first_last_pooling() -> Model[Ragged, Floats2d]:
+    """Pool word-pieces to tokens as [first word-piece; last word-piece].
+
+    A token with no word-piece (e.g. a whitespace token) gets zeros.
+    """
+    return Model("first_last_pooling", _first_last_forward)
+
+
+def _first_last_forward(model: Model, Xr: Ragged, is_train: bool):
+    ops = model.ops
+    X = Xr.dataXd
+    lengths = ops.asarray(Xr.lengths, dtype="int64")
+    n_rows, width = lengths.shape[0], X.shape[1]
+    has_pieces = lengths > 0
+    firsts = ops.xp.cumsum(lengths) - lengths
+    lasts = firsts + lengths - 1
+    rows = ops.xp.nonzero(has_pieces)[0]
+    Y = ops.alloc2f(n_rows, 2 * width)
+    Y[rows, :width] = X[firsts[rows]]
+    Y[rows, width:] = X[lasts[rows]]
+
+    def backprop(dY: Floats2d) -> Ragged:
+        dX = ops.alloc2f(X.shape[0], width)
+        # scatter_add: first and last are the same row for one-piece tokens
+        ops.scatter_add(dX, firsts[rows].astype("int32"), ops.as_contig(dY[rows, :width]))
+        ops.scatter_add(dX, lasts[rows].astype("int32"), ops.as_contig(dY[rows, width:]))
+        return Ragged(dX, Xr.lengths)
+
+    return Y, backprop

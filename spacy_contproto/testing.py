@@ -1,0 +1,131 @@
+"""Tiny offline encoders and synthetic NER data for tests, smoke runs and demos.
+
+Everything here is generated: a random BERT of a few layers with a WordPiece
+tokenizer trained on the fly, and template sentences with PER/ORG/LOC/MISC
+entities. No download, no research corpus.
+"""
+import random
+from pathlib import Path
+from typing import Iterable, List, Sequence, Tuple, Union
+
+from spacy.tokens import Doc
+from spacy.vocab import Vocab
+
+ENTITY_NAMES = {
+    "PER": ["Anna Berg", "John Smith", "Maria Lopez", "Kofi Mensah", "Li Wei", "Olga Petrova",
+            "Peter", "Sofia", "Ahmed Hassan", "Jan de Vries", "Carlos", "Yuki Tanaka"],
+    "ORG": ["Acme Corp", "Globex", "United Nations", "Red Cross", "Nordbank", "Vetra Labs",
+            "Tandem Football Club", "Orion Media Group", "Helix", "City Council"],
+    "LOC": ["Paris", "Berlin", "Madrid", "Amsterdam", "New York", "Cairo", "Beijing", "Lagos",
+            "the Alps", "Lake Geneva", "Rio de Janeiro", "Oslo"],
+    "MISC": ["Olympics", "Nobel Prize", "World Cup", "German", "Spanish", "Eurovision",
+             "Dutch", "Tour de France", "Linux", "Arabic"],
+}
+
+TEMPLATES = [
+    "{PER} works for {ORG} in {LOC} .",
+    "{PER} visited {LOC} last year .",
+    "{ORG} opened a new office in {LOC} .",
+    "The {MISC} was held in {LOC} .",
+    "{PER} won the {MISC} .",
+    "Yesterday {PER} met {PER} at {ORG} .",
+    "{ORG} said the {MISC} will start soon .",
+    "People in {LOC} like the {MISC} .",
+    "{PER} left {ORG} and moved to {LOC} .",
+    "Nothing happened here today .",
+    "It was a quiet and rainy morning .",
+]
+
+
+def synthetic_sentences(n: int, seed: int = 0) -> List[Tuple[List[str], List[Tuple[int, int, str]]]]:
+    """n sentences as (words, [(start, end, label), ...]) token offsets."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        template = rng.choice(TEMPLATES)
+        words: List[str] = []
+        ents: List[Tuple[int, int, str]] = []
+        for piece in template.split():
+            if piece.startswith("{") and piece.endswith("}"):
+                label = piece[1:-1]
+                name = rng.choice(ENTITY_NAMES[label]).split()
+                ents.append((len(words), len(words) + len(name), label))
+                words.extend(name)
+            else:
+                words.append(piece)
+        sentences.append((words, ents))
+    return sentences
+
+
+def synthetic_docs(vocab: Vocab, n: int, seed: int = 0, with_entities: bool = True) -> List[Doc]:
+    """n Docs with gold doc.ents (or no entity annotation at all)."""
+    docs = []
+    for words, ents in synthetic_sentences(n, seed):
+        if with_entities:
+            tags = ["O"] * len(words)
+            for start, end, label in ents:
+                tags[start] = f"B-{label}"
+                for i in range(start + 1, end):
+                    tags[i] = f"I-{label}"
+            docs.append(Doc(vocab, words=words, ents=tags))
+        else:
+            docs.append(Doc(vocab, words=words))
+    return docs
+
+
+def make_tiny_encoder(
+    path: Union[str, Path],
+    texts: Iterable[str] = (),
+    *,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    vocab_size: int = 400,
+    seed: int = 0,
+) -> Path:
+    """Write a random BERT encoder and a trained WordPiece tokenizer to path
+    (a HuggingFace model folder that spacy-transformers loads offline)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    texts = list(texts) or [" ".join(words) for words, _ in synthetic_sentences(400, seed)]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]", do_lower_case=False, model_max_length=128,
+    )
+    fast.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+def iob_tags(doc: Doc) -> List[str]:
+    return [f"{t.ent_iob_}-{t.ent_type_}" if t.ent_iob_ in ("B", "I") else "O" for t in doc]
+
+
+def as_seqeval(docs: Sequence[Doc]) -> List[List[str]]:
+    return [iob_tags(doc) for doc in docs]

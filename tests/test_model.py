@@ -1,0 +1,60 @@
+import numpy
+import pytest
+import torch
+from thinc.api import Ragged
+
+from spacy_contproto.model import first_last_pooling
+from spacy_contproto.span_head import SpanHead
+
+
+def test_first_last_pooling_forward_backward():
+    pool = first_last_pooling()
+    X = numpy.arange(12, dtype="f").reshape(6, 2)
+    # tokens of 2, 0, 1 and 3 word-pieces
+    Y, backprop = pool(Ragged(X, numpy.array([2, 0, 1, 3], dtype="i")), is_train=True)
+    assert Y.tolist() == [
+        [0, 1, 2, 3],  # first piece row 0, last piece row 1
+        [0, 0, 0, 0],  # no piece: zeros
+        [4, 5, 4, 5],  # one piece is both first and last
+        [6, 7, 10, 11],
+    ]
+    dY = numpy.ones((4, 4), dtype="f")
+    dX = backprop(dY).data
+    # one-piece token gets both halves' gradients; middle piece of the 3-piece token none
+    assert dX.tolist() == [[1, 1], [1, 1], [2, 2], [1, 1], [0, 0], [1, 1]]
+
+
+def make_head(mode, n_in=8):
+    torch.manual_seed(0)
+    return SpanHead(
+        n_in, 3, max_span_length=4, width_embedding_width=5, hidden_width=None,
+        projection_width=6, dropout=0.0, token_features=mode,
+    )
+
+
+def test_span_representation_first_last_uses_halves():
+    head = make_head("first_last")
+    tokens = torch.arange(24, dtype=torch.float32).reshape(3, 8)
+    z = head.span_representations(tokens, torch.tensor([0]), torch.tensor([3]))
+    assert z.shape == (1, 4 + 4 + 5)
+    assert z[0, :4].tolist() == [0, 1, 2, 3]  # first half of token 0
+    assert z[0, 4:8].tolist() == [20, 21, 22, 23]  # second half of token 2
+    assert torch.equal(z[0, 8:], head.width_embedding.weight[2])
+
+
+def test_span_representation_pooled_and_outputs():
+    head = make_head("pooled")
+    tokens = torch.randn(5, 8)
+    logits, z, projected = head(tokens, torch.tensor([0, 1, 4]), torch.tensor([1, 3, 5]))
+    assert logits.shape == (3, 3) and z.shape == (3, 8 + 8 + 5) and projected.shape == (3, 6)
+    assert torch.allclose(z[1, :8], tokens[1]) and torch.allclose(z[1, 8:16], tokens[2])
+    assert torch.allclose(projected.norm(dim=1), torch.ones(3))
+    logits2, z2 = head(tokens, torch.tensor([0]), torch.tensor([1]), with_projection=False)
+    assert torch.allclose(logits2, logits[:1])
+
+
+def test_span_head_rejects_odd_first_last_width():
+    with pytest.raises(ValueError, match="even width"):
+        make_head("first_last", n_in=7)
+    with pytest.raises(ValueError, match="token_features"):
+        make_head("middle")
