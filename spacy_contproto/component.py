@@ -252,6 +252,7 @@ class SpanContProto(TrainablePipe):
         losses.setdefault(self.name, 0.0)
         examples = list(examples)
         validate_examples(examples, "SpanContProto.update")
+        self._check_labels(examples)
         if not any(len(eg.predicted) for eg in examples):
             return losses
         outputs, backprop = self.model.begin_update([eg.predicted for eg in examples])
@@ -261,6 +262,15 @@ class SpanContProto(TrainablePipe):
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def _check_labels(self, examples: List[Example]) -> None:
+        unknown = {ent.label_ for eg in examples for ent in eg.reference.ents} - set(self.labels)
+        if unknown:
+            raise ValueError(
+                f"{self.name}: gold entities have labels the component does not know: "
+                f"{sorted(unknown)}; known labels: {list(self.labels)}. Re-initialize "
+                "with these labels or remove them from the data."
+            )
 
     def get_loss(
         self, examples: Iterable[Example], outputs: SpanOutputs
@@ -295,13 +305,6 @@ class SpanContProto(TrainablePipe):
             doc_spans = spans.data[offset : offset + n_spans]
             offset += n_spans
             x_ents, x_tags = eg.get_aligned_ents_and_ner()
-            unknown = {ent.label_ for ent in x_ents} - set(label_index)
-            if unknown:
-                raise ValueError(
-                    f"{self.name}: gold entities have labels the component does not know: "
-                    f"{sorted(unknown)}; known labels: {list(self.labels)}. Re-initialize "
-                    "with these labels or remove them from the data."
-                )
             gold = numpy.asarray([(e.start, e.end) for e in x_ents], dtype=numpy.int64)
             gold_labels = numpy.asarray([label_index[e.label_] for e in x_ents], dtype=numpy.int64)
             targets.append(label_spans(doc_spans, gold, gold_labels, len(eg.predicted)))

@@ -1,0 +1,200 @@
+import subprocess
+import sys
+import warnings
+
+import numpy
+import pytest
+import spacy
+from seqeval.metrics import f1_score, precision_score, recall_score
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+from thinc.api import Ragged
+
+from spacy_contproto.component import SpanProbabilities
+from spacy_contproto.model import doc_spans
+from spacy_contproto.testing import as_seqeval, synthetic_docs
+
+from .conftest import CONFIGS
+
+
+def load_docs(path, vocab):
+    return list(DocBin().from_disk(path).get_docs(vocab))
+
+
+def build_initialized(encoder, docs, **overrides):
+    config = spacy.util.load_config(
+        CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(encoder), **overrides}
+    )
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    examples = [Example(nlp.make_doc(d.text), d) for d in docs]
+    nlp.initialize(lambda: examples)
+    return nlp
+
+
+@pytest.fixture(scope="module")
+def initialized_nlp(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 20, seed=3)
+    return build_initialized(tiny_encoder, docs)
+
+
+def test_factory_and_architectures_found_through_entry_points():
+    # the script never imports spacy_contproto: spaCy must find it by its entry points
+    code = (
+        "import spacy\n"
+        "nlp = spacy.blank('en')\n"
+        "pipe = nlp.add_pipe('span_contproto')\n"
+        "print(type(pipe).__module__, pipe.model.name)\n"
+        "from spacy.util import registry\n"
+        "registry.architectures.get('spacy_contproto.SpanContProto.v1')\n"
+        "registry.layers.get('spacy_contproto.first_last_pooling.v1')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["spacy_contproto.component", "span_contproto"]
+
+
+def test_spacy_train_learns_synthetic_corpus(trained_teacher, synthetic_corpus):
+    nlp = spacy.load(trained_teacher)
+    assert nlp.pipe_names == ["transformer", "span_contproto"]
+    dev = load_docs(synthetic_corpus["dev"], nlp.vocab)
+    scores = nlp.evaluate([Example(nlp.make_doc(d.text), d) for d in dev])
+    # chance level is ~0 F1; the tiny random encoder must learn the corpus
+    assert scores["ents_f"] > 0.8, scores
+    assert set(scores["ents_per_type"]) == {"PER", "ORG", "LOC", "MISC"}
+    log = (trained_teacher.parent / "train.log").read_text()
+    assert "LOSS SPAN_" in log and "ENTS_F" in log
+
+
+def test_scores_match_seqeval(trained_teacher, synthetic_corpus):
+    nlp = spacy.load(trained_teacher)
+    gold = load_docs(synthetic_corpus["dev"], nlp.vocab)
+    # add an entity longer than max_span_length: unreachable, must count as a miss
+    long_words = ["The", "Very", "Long", "Name", "Of", "Acme", "said", "so", "."]
+    gold.append(Doc(nlp.vocab, words=long_words, ents=["O"] + ["B-ORG"] + ["I-ORG"] * 4 + ["O"] * 3))
+    # an untrained-for-long mixture of right and wrong predictions
+    predicted = list(nlp.pipe(d.text for d in gold))
+    predicted[0].ents = []  # force some misses
+    examples = [Example(p, g) for p, g in zip(predicted, gold)]
+    scores = nlp.get_pipe("span_contproto").score(examples)
+    y_true, y_pred = as_seqeval(gold), as_seqeval(predicted)
+    assert scores["ents_p"] == pytest.approx(precision_score(y_true, y_pred))
+    assert scores["ents_r"] == pytest.approx(recall_score(y_true, y_pred))
+    assert scores["ents_f"] == pytest.approx(f1_score(y_true, y_pred))
+    assert scores["ents_r"] < 1.0
+
+
+def predictions_of(nlp, texts):
+    pipe = nlp.get_pipe("span_contproto")
+    docs = [nlp.get_pipe("transformer")(nlp.make_doc(t)) for t in texts]
+    return pipe.predict(docs).probabilities
+
+
+def test_round_trips_give_identical_predictions(trained_teacher, tmp_path):
+    nlp = spacy.load(trained_teacher)
+    texts = ["Anna Berg works for Globex in Oslo .", "Nothing here .", "Sofia won the World Cup ."]
+    reference = predictions_of(nlp, texts)
+    ents = [[(e.start, e.end, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+
+    nlp.to_disk(tmp_path / "saved")
+    reloaded = spacy.load(tmp_path / "saved")
+    assert numpy.array_equal(predictions_of(reloaded, texts), reference)
+    assert [[(e.start, e.end, e.label_) for e in d.ents] for d in reloaded.pipe(texts)] == ents
+
+    from_bytes = spacy.util.load_model_from_config(nlp.config).from_bytes(nlp.to_bytes())
+    assert numpy.array_equal(predictions_of(from_bytes, texts), reference)
+
+    pipe = nlp.get_pipe("span_contproto")
+    fresh = spacy.util.load_model_from_config(nlp.config)
+    fresh.get_pipe("transformer").from_bytes(nlp.get_pipe("transformer").to_bytes())
+    fresh_pipe = fresh.get_pipe("span_contproto").from_bytes(pipe.to_bytes())
+    assert fresh_pipe.labels == pipe.labels
+    assert numpy.array_equal(predictions_of(fresh, texts), reference)
+
+
+def test_empty_whitespace_and_entity_free_docs(trained_teacher):
+    nlp = spacy.load(trained_teacher)
+    docs = list(nlp.pipe(["", "   ", "It was a quiet and rainy morning .", "Paris"]))
+    assert [len(d) for d in docs[:2]] == [0, 1]
+    assert [len(d.ents) for d in docs[:3]] == [0, 0, 0]
+    assert all("contproto" in d.spans for d in docs)
+    assert [(e.text, e.label_) for e in docs[3].ents] == [("Paris", "LOC")]
+    assert len(nlp("").spans["contproto"]) == 0
+
+
+def test_set_annotations_decodes_overlaps_by_probability(initialized_nlp):
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    labels = pipe.labels
+    doc = Doc(initialized_nlp.vocab, words=["a", "b", "c", "d", "e"])
+    spans = numpy.array([[0, 2], [1, 3], [2, 4], [4, 5], [0, 1], [3, 4]], dtype="i")
+    n_classes = len(labels) + 1
+    probs = numpy.full((6, n_classes), 0.0, dtype="f")
+    per, org = labels.index("PER") + 1, labels.index("ORG") + 1
+    probs[0, per] = 0.9  # overlaps the better [1,3]
+    probs[1, org] = 0.95
+    probs[2, per] = 0.6  # overlaps [1,3]
+    probs[3, org] = 0.3
+    probs[4, per] = 0.8
+    probs[5, 0] = 0.99  # "O" wins: not an entity
+    for row in probs:
+        row[row == 0] = (1 - row.sum()) / (row == 0).sum()
+    pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([6], "i")), probs))
+    assert [(e.start, e.end, e.label_) for e in doc.ents] == [(0, 1, "PER"), (1, 3, "ORG"), (4, 5, "ORG")]
+    group = doc.spans["contproto"]
+    assert [(s.start, s.end, s.label_) for s in group] == [
+        (0, 2, "PER"), (1, 3, "ORG"), (2, 4, "PER"), (4, 5, "ORG"), (0, 1, "PER")
+    ]
+    assert group.attrs["scores"].tolist() == pytest.approx([0.9, 0.95, 0.6, 0.3, 0.8])
+
+
+def test_initialize_warns_about_unreachable_entities(tiny_encoder):
+    vocab = spacy.blank("xx").vocab
+    docs = synthetic_docs(vocab, 10, seed=4)
+    docs.append(Doc(vocab, words="A B C D E F .".split(), ents=["B-ORG"] + ["I-ORG"] * 4 + ["O", "O"]))
+    with pytest.warns(UserWarning, match=r"1 of \d+ gold entities are longer than max_span_length=4.*ORG: 1"):
+        build_initialized(tiny_encoder, docs)
+
+
+def test_missing_annotation_and_negative_weight_in_loss(initialized_nlp):
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    vocab = initialized_nlp.vocab
+    # tokens 3-4 have missing entity annotation
+    words = ["Anna", "Berg", "visited", "the", "city", "."]
+    gold = Doc(vocab, words=words, ents=["B-PER", "I-PER", "O", "", "", "O"])
+    eg = Example(Doc(vocab, words=words), gold)
+    spans = doc_spans([eg.predicted], pipe.max_span_length)
+    targets, scored, _ = pipe.gold_targets([eg], spans)
+    as_tuples = [tuple(s) for s in spans.data.tolist()]
+    assert targets[as_tuples.index((0, 2))] == pipe.labels.index("PER") + 1
+    touching_missing = [(s < 5 and e > 3) for s, e in as_tuples]
+    assert scored.tolist() == [not t for t in touching_missing]
+
+    outputs = pipe.model.predict([eg.predicted])
+    loss, grads = pipe.get_loss([eg], outputs)
+    assert loss > 0
+    d = grads.d_logits
+    assert numpy.all(d[~scored] == 0) and numpy.all(numpy.abs(d[scored]).sum(1) > 0)
+
+    pipe.cfg["neg_span_weight"] = 0.0
+    try:
+        _, grads0 = pipe.get_loss([eg], outputs)
+    finally:
+        pipe.cfg["neg_span_weight"] = 0.5
+    is_entity = targets > 0
+    assert numpy.all(grads0.d_logits[~is_entity] == 0)
+    # entity spans: same weight, but the per-sentence normaliser is unchanged
+    assert numpy.allclose(grads0.d_logits[is_entity], d[is_entity])
+
+
+def test_unknown_gold_label_is_a_clear_error(initialized_nlp):
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    vocab = initialized_nlp.vocab
+    gold = Doc(vocab, words=["Tuesday", "came"], ents=["B-DATE", "O"])
+    eg = Example(Doc(vocab, words=["Tuesday", "came"]), gold)
+    with pytest.raises(ValueError, match=r"labels the component does not know: \['DATE'\]"):
+        pipe.update([eg])
+
+
+def test_initialize_without_labels_is_a_clear_error(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 5, seed=1, with_entities=False)
+    with pytest.raises(ValueError, match="no entity labels found"):
+        build_initialized(tiny_encoder, docs)
