@@ -24,3 +24,54 @@ def weighted_cross_entropy(
     if logits.shape[0] == 0:
         return logits.sum()
     return (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, soft_targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """sum_i weights_i * -sum_c y_ic log softmax(logits_i)_c  (eq. 2).
+
+    Takes logits, so softmax is applied once (the published code applies it to
+    probabilities, i.e. twice)."""
+    if logits.shape[0] == 0:
+        return logits.sum()
+    log_probs = F.log_softmax(logits, dim=-1)
+    return -((soft_targets * log_probs).sum(dim=-1) * weights).sum()
+
+
+def supervised_contrastive(
+    vectors: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Supervised contrastive loss (eq. 4, Khosla et al. 2020) over L2-normalised vectors.
+
+    For each anchor i: -1/|P(i)| sum_{p in P(i)} log( exp(v_i.v_p/t) / sum_{a != i} exp(v_i.v_a/t) ),
+    averaged over the anchors that have at least one positive (an anchor without
+    positives has no term). Label -1 marks vectors that take part in no pair."""
+    keep = labels >= 0
+    vectors, labels = vectors[keep], labels[keep]
+    n = vectors.shape[0]
+    if n < 2:
+        return vectors.sum() * 0.0
+    logits = vectors @ vectors.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=vectors.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positives.sum(dim=1)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return vectors.sum() * 0.0
+    pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
+    return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Consistency between two dropout views (eq. 6, R-Drop):
+    sum_i weights_i * (KL(P_i || P'_i) + KL(P'_i || P_i)) / 2."""
+    if logits_a.shape[0] == 0:
+        return logits_a.sum()
+    log_p = F.log_softmax(logits_a, dim=-1)
+    log_q = F.log_softmax(logits_b, dim=-1)
+    kl_pq = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    kl_qp = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+    return ((kl_pq + kl_qp) / 2 * weights).sum()
