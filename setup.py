@@ -29,6 +29,20 @@ setup(
         "spacy_architectures": [
             "spacy_contproto.SpanContProto.v1 = spacy_contproto.model:build_span_contproto_model",
         ],
+        "spacy_misc": [
+            "spacy_contproto.ContProto.v1 = spacy_contproto.settings:contproto_settings",
+            "spacy_contproto.Supervised.v1 = spacy_contproto.settings:supervised_settings",
+        ],
+        "spacy_readers": [
+            "spacy_contproto.SelfTrainingCorpus.v1 = spacy_contproto.training:create_self_training_corpus",
+        ],
+        "spacy_callbacks": [
+            "spacy_contproto.training_schedule.v1 = spacy_contproto.training:create_training_schedule",
+        ],
+        "spacy_loggers": [
+            "spacy_contproto.ConsoleLogger.v1 = spacy_contproto.training:create_console_logger",
+        ],
+        "spacy_cli": ["contproto = spacy_contproto.cli:contproto_app"],
         "thinc_layers": [
             "spacy_contproto.first_last_pooling.v1 = spacy_contproto.model:first_last_pooling",
         ],

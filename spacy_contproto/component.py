@@ -18,9 +18,21 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, torch2xp, xp2torch
 from thinc.types import Floats2d, Ragged
 
-from .losses import per_group_mean_weights, weighted_cross_entropy
-from .model import SpanGradients, SpanOutputs
+from .losses import (
+    per_group_mean_weights,
+    soft_cross_entropy,
+    supervised_contrastive,
+    symmetric_kl,
+    weighted_cross_entropy,
+)
+from .model import SpanGradients, SpanOutputs, doc_spans, span_head_module, uses_listener
+from .pseudo_labels import PAYLOAD_KEY, decode_payload
+from .self_training import OracleEntry, SelfTrainingState
+from .settings import ContProtoSettings
 from .spans import OUTSIDE, decode_non_overlapping, label_spans, spans_touching
+
+ORACLE_KEY = "contproto_oracle"  # target gold kept aside (reference user_data), never in a loss
+LOSS_TERMS = ("src", "tgt", "cont", "reg")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -61,6 +73,7 @@ class SpanProbabilities:
         "model": DEFAULT_MODEL,
         "spans_key": "contproto",
         "neg_span_weight": 0.5,
+        "contproto": {"@misc": "spacy_contproto.ContProto.v1"},
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -76,6 +89,7 @@ def make_span_contproto(
     model: Model[List[Doc], SpanOutputs],
     spans_key: str,
     neg_span_weight: float,
+    contproto: ContProtoSettings,
     scorer: Optional[Callable],
 ) -> "SpanContProto":
     """Span-based NER (ContProto, Zhou et al. 2023) on transformer features.
@@ -83,10 +97,13 @@ def make_span_contproto(
     model: the span model (spacy_contproto.SpanContProto.v1).
     spans_key: key in doc.spans for all predicted entity spans with their scores.
     neg_span_weight: weight of non-entity ("O") spans in the source cross-entropy.
+    contproto: training settings (spacy_contproto.ContProto.v1, or
+        spacy_contproto.Supervised.v1 for source cross-entropy only).
     scorer: scoring function, by default spaCy's NER scorer (ents_p/r/f).
     """
     return SpanContProto(
-        nlp.vocab, model, name, spans_key=spans_key, neg_span_weight=neg_span_weight, scorer=scorer
+        nlp.vocab, model, name, spans_key=spans_key, neg_span_weight=neg_span_weight,
+        contproto=contproto, scorer=scorer,
     )
 
 
@@ -99,6 +116,7 @@ class SpanContProto(TrainablePipe):
         *,
         spans_key: str = "contproto",
         neg_span_weight: float = 0.5,
+        contproto: Optional[ContProtoSettings] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
         if not 0.0 <= neg_span_weight:
@@ -114,6 +132,8 @@ class SpanContProto(TrainablePipe):
             "max_span_length": model.attrs["max_span_length"],
             "token_width": None,
         }
+        self.settings = contproto if contproto is not None else ContProtoSettings()
+        self.state: Optional[SelfTrainingState] = None
 
     # labels ---------------------------------------------------------------
 
@@ -162,6 +182,9 @@ class SpanContProto(TrainablePipe):
         nlp: Optional[Language] = None,
         labels: Optional[List[str]] = None,
     ) -> None:
+        """Labels from the source examples' doc.ents (or `labels`), model sizes from a
+        sample, and, when the examples include target Docs with pseudo labels, the
+        pseudo-label store for self-training."""
         validate_get_examples(get_examples, "SpanContProto.initialize")
         examples = list(get_examples())
         if labels is not None:
@@ -177,12 +200,82 @@ class SpanContProto(TrainablePipe):
                 "doc.ents or pass labels to initialize ([initialize.components."
                 f"{self.name}.labels])."
             )
-        self._warn_unreachable(examples)
+        self._warn_unreachable([eg for eg in examples if not is_target(eg)])
         head = self.model.get_ref("span_head")
         head.set_dim("nO", len(self.labels) + 1)
         sample = [eg.x for eg in examples[:64]]
         self.model.initialize(X=sample)
         self.cfg["token_width"] = head.get_dim("nI")
+        self.state = self._new_state()
+        targets = [eg for eg in examples if is_target(eg)]
+        if targets:
+            self._build_store(targets)
+
+    def _new_state(self) -> SelfTrainingState:
+        if self.settings.prototype_space == "projection":
+            width = self.model.get_ref("span_head").attrs["projection_width"]
+        else:
+            width = span_head_module(self.model).span_width
+        return SelfTrainingState(self.settings, self.class_names, width)
+
+    def _build_store(self, targets: List[Example]) -> None:
+        entries: Dict[str, numpy.ndarray] = {}
+        oracle: Dict[str, OracleEntry] = {}
+        label_index = self._label_indices()
+        for eg in targets:
+            doc_id, probs = self._read_payload(eg)
+            if doc_id in entries:
+                continue
+            entries[doc_id] = probs
+            gold = eg.reference.user_data.get(ORACLE_KEY)
+            if gold is not None:
+                spans = doc_spans([eg.predicted], self.max_span_length).data
+                known = [(s, e, label_index[l]) for s, e, l in gold if l in label_index]
+                gold_spans = numpy.asarray([(s, e) for s, e, _ in known], dtype=numpy.int64).reshape(-1, 2)
+                gold_labels = numpy.asarray([c for _, _, c in known], dtype=numpy.int64)
+                oracle[doc_id] = (spans, gold_spans, gold_labels)
+        assert self.state is not None
+        self.state.build_store(entries, oracle)
+
+    def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray]:
+        """The target Doc's id and teacher probabilities, columns in this component's
+        class order; clear errors for payloads that do not fit."""
+        doc_id, probs, classes, max_len = decode_payload(eg.reference.user_data[PAYLOAD_KEY])
+        unknown = [c for c in classes if c not in self.class_names]
+        if unknown:
+            raise ValueError(
+                f"{self.name}: the pseudo labels of target Doc {doc_id!r} have classes the "
+                f"component does not know: {unknown}; component labels: {list(self.labels)}. "
+                "Pseudo-label with a teacher trained on the same label set."
+            )
+        if max_len != self.max_span_length:
+            raise ValueError(
+                f"{self.name}: target Doc {doc_id!r} was pseudo-labelled with max_span_length="
+                f"{max_len}, the component uses {self.max_span_length}."
+            )
+        n_spans = len(doc_spans([eg.predicted], self.max_span_length).data)
+        if probs.shape[0] != n_spans:
+            raise ValueError(
+                f"{self.name}: target Doc {doc_id!r} has pseudo labels for {probs.shape[0]} spans "
+                f"but {n_spans} spans are enumerated: tokens or sentence boundaries differ from "
+                "the Docs the teacher labelled."
+            )
+        aligned = numpy.zeros((n_spans, len(self.class_names)), dtype=numpy.float32)
+        aligned[:, [self.class_names.index(c) for c in classes]] = probs
+        aligned /= numpy.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
+        return doc_id, aligned
+
+    def set_training_state(self, epoch: int, step: int) -> None:
+        """Tell the component where training is (see spacy_contproto.training_schedule.v1)."""
+        if self.state is not None:
+            self.state.set_training_state(epoch, step)
+
+    def finish_training(self) -> None:
+        """End the last epoch: store flushed, final pseudo-label quality logged
+        (called by spacy_contproto.ConsoleLogger.v1 when training ends)."""
+        if self.state is not None and self.state.epoch_known:
+            self.state.end_epoch(self.state.epoch)
+            self.state.epoch_known = False
 
     def _warn_unreachable(self, examples: List[Example]) -> None:
         too_long = Counter(
@@ -239,6 +332,14 @@ class SpanContProto(TrainablePipe):
 
     # training ---------------------------------------------------------------
 
+    @property
+    def loss_names(self) -> List[str]:
+        """Keys this component adds to the `losses` dict: its name (the weighted
+        total) and name:src/tgt/cont/reg for each enabled loss."""
+        s = self.settings
+        enabled = dict(zip(LOSS_TERMS, (s.source_loss, s.target_loss, s.contrastive_loss, s.consistency_loss)))
+        return [self.name] + [f"{self.name}:{t}" for t in LOSS_TERMS if enabled[t]]
+
     def update(
         self,
         examples: Iterable[Example],
@@ -249,19 +350,33 @@ class SpanContProto(TrainablePipe):
     ) -> Dict[str, float]:
         if losses is None:
             losses = {}
-        losses.setdefault(self.name, 0.0)
+        for key in self.loss_names:
+            losses.setdefault(key, 0.0)
         examples = list(examples)
         validate_examples(examples, "SpanContProto.update")
         self._check_labels(examples)
         if not any(len(eg.predicted) for eg in examples):
             return losses
+        if self.state is None:
+            self.state = self._new_state()
+        self.model.attrs["n_views"] = self.settings.n_views
+        self.model.attrs["view_source"] = self._view_source()
         outputs, backprop = self.model.begin_update([eg.predicted for eg in examples])
-        loss, grads = self.get_loss(examples, outputs)
-        backprop(grads)
+        result = self._compute_losses(examples, outputs)
+        backprop(result.grads)
         if sgd is not None:
             self.finish_update(sgd)
-        losses[self.name] += loss
+        self._after_update(result, outputs)
+        losses[self.name] += result.total
+        for term, value in result.terms.items():
+            losses[f"{self.name}:{term}"] += value
         return losses
+
+    def _view_source(self) -> str:
+        views = self.settings.views
+        if views == "auto":
+            return "head" if uses_listener(self.model) else "encoder"
+        return views
 
     def _check_labels(self, examples: List[Example]) -> None:
         unknown = {ent.label_ for eg in examples for ent in eg.reference.ents} - set(self.labels)
@@ -275,23 +390,118 @@ class SpanContProto(TrainablePipe):
     def get_loss(
         self, examples: Iterable[Example], outputs: SpanOutputs
     ) -> Tuple[float, SpanGradients]:
-        """Source cross-entropy (eq. 1) over all enumerated spans: "O" spans weighted
-        by neg_span_weight, spans touching a token with missing annotation left out,
-        each sentence's spans averaged, then the batch averaged."""
-        examples = list(examples)
-        targets, scored, doc_index = self.gold_targets(examples, outputs.spans)
-        weights = numpy.where(targets == OUTSIDE, self.cfg["neg_span_weight"], 1.0)
-        device = self.model.get_ref("span_head").layers[0].shims[0].device
+        """The weighted sum of the enabled losses and its gradient (see _compute_losses)."""
+        result = self._compute_losses(list(examples), outputs)
+        return result.total, result.grads
+
+    def _compute_losses(self, examples: List[Example], outputs: SpanOutputs) -> "LossResult":
+        """Source cross-entropy (eq. 1: "O" spans weighted by neg_span_weight, spans
+        touching a token with missing annotation left out, averaged per sentence then
+        over the batch), soft cross-entropy against the pseudo labels of target spans
+        (eq. 2), supervised contrastive loss over the projected spans of both views
+        (eq. 4-5) and symmetric KL between the views (eq. 6). With two views, eq. 1
+        and 2 are averaged over the views."""
+        s = self.settings
+        ops = self.model.ops
+        device = span_head_device(self.model)
+        n_views = outputs.n_views
+        lengths = numpy.asarray(outputs.spans.lengths, dtype=numpy.int64)
+        n_spans = int(lengths.sum())
+        n_classes = len(self.class_names)
+        doc_index = numpy.repeat(numpy.arange(len(examples)), lengths)
+        target_doc = numpy.asarray([is_target(eg) for eg in examples], dtype=bool)
+        target_span = target_doc[doc_index] if n_spans else numpy.zeros(0, dtype=bool)
+        targets, scored, _ = self.gold_targets(examples, outputs.spans)
+        source_scored = scored & ~target_span
+
         logits = xp2torch(outputs.logits, requires_grad=True, device=device)
-        span_weights = per_group_mean_weights(
-            torch.as_tensor(doc_index, device=device), torch.as_tensor(scored, device=device)
-        ) * torch.as_tensor(weights, dtype=torch.float32, device=device)
-        loss = weighted_cross_entropy(logits, torch.as_tensor(targets, device=device), span_weights)
-        if logits.shape[0] == 0:
-            return 0.0, SpanGradients(d_logits=self.model.ops.alloc2f(*outputs.logits.shape))
-        loss.backward()
-        d_logits = torch2xp(logits.grad, ops=self.model.ops)
-        return float(loss.item()), SpanGradients(d_logits=d_logits)
+        views = logits.view(n_views, n_spans, n_classes)
+        groups = torch.as_tensor(doc_index, device=device)
+        gold = torch.as_tensor(targets, device=device)
+        target_rows = torch.as_tensor(numpy.nonzero(target_span)[0], device=device)
+        target_ids = [self._read_id(eg) for eg in examples if is_target(eg)]
+        # duplicates of a target Doc in a batch each read the same stored rows
+        pseudo = torch.as_tensor(
+            self.state.pseudo_labels(target_ids) if target_ids else numpy.zeros((0, n_classes), "f"),
+            device=device,
+        )
+        with torch.no_grad():
+            predicted = torch.softmax(views, dim=-1).mean(dim=0).argmax(dim=-1)
+        span_labels = torch.where(
+            torch.as_tensor(source_scored, device=device), gold, torch.full_like(gold, -1)
+        )
+        if target_rows.numel():
+            target_labels = predicted[target_rows] if s.contrastive_target_labels == "prediction" else pseudo.argmax(1)
+            span_labels[target_rows] = target_labels
+
+        total = logits.sum() * 0.0
+        terms: Dict[str, float] = {}
+        projections = None
+        if s.source_loss:
+            class_weight = torch.where(gold == OUTSIDE, self.cfg["neg_span_weight"], 1.0)
+            weights = per_group_mean_weights(groups, torch.as_tensor(source_scored, device=device)) * class_weight
+            loss = sum(weighted_cross_entropy(v, gold, weights) for v in views) / n_views
+            total = total + s.source_weight * loss
+            terms["src"] = float(loss.item())
+        if s.target_loss:
+            weights = per_group_mean_weights(groups, torch.as_tensor(target_span, device=device))
+            loss = sum(
+                soft_cross_entropy(v[target_rows], pseudo, weights[target_rows]) for v in views
+            ) / n_views
+            total = total + s.target_weight * loss
+            terms["tgt"] = float(loss.item())
+        if s.contrastive_loss:
+            projections = xp2torch(outputs.projections, requires_grad=True, device=device)
+            loss = supervised_contrastive(projections, span_labels.repeat(n_views), s.temperature)
+            total = total + s.contrastive_weight * loss
+            terms["cont"] = float(loss.item())
+        if s.consistency_loss and n_views == 2:
+            mask = torch.ones(n_spans, device=device) if s.consistency_spans == "all" else \
+                torch.as_tensor(~target_span, dtype=torch.float32, device=device)
+            loss = symmetric_kl(views[0], views[1], mask / mask.sum().clamp(min=1))
+            total = total + s.consistency_weight * loss
+            terms["reg"] = float(loss.item())
+        if n_spans and total.requires_grad:
+            total.backward()
+        d_logits = torch2xp(logits.grad, ops=ops) if logits.grad is not None else ops.alloc2f(*outputs.logits.shape)
+        d_projections = None
+        if projections is not None and projections.grad is not None:
+            d_projections = torch2xp(projections.grad, ops=ops)
+        return LossResult(
+            total=float(total.item()),
+            terms=terms,
+            grads=SpanGradients(d_logits=d_logits, d_projections=d_projections),
+            span_labels=span_labels,
+            predicted=predicted,
+            target_rows=target_rows,
+            target_ids=target_ids,
+            pseudo=pseudo,
+        )
+
+    def _after_update(self, result: "LossResult", outputs: SpanOutputs) -> None:
+        """Prototypes, margins and pseudo-label refinement (eq. 8-11) from the first
+        view of this step's spans; gradients are not involved."""
+        s = self.settings
+        n_spans = result.span_labels.shape[0]
+        if n_spans == 0:
+            return
+        device = span_head_device(self.model)
+        if s.prototype_space == "projection":
+            vectors = xp2torch(outputs.projections[:n_spans], device=device)
+        else:
+            vectors = torch.nn.functional.normalize(xp2torch(outputs.representations[:n_spans], device=device), dim=1)
+        rows = result.target_rows
+        if s.margin_labels == "prediction":
+            margin_labels = result.predicted[rows]
+        else:
+            margin_labels = result.pseudo.argmax(dim=1) if rows.numel() else result.predicted[rows]
+        self.state.after_update(
+            vectors, result.span_labels, result.target_ids, rows, result.pseudo, margin_labels
+        )
+
+    @staticmethod
+    def _read_id(eg: Example) -> str:
+        return str(eg.reference.user_data[PAYLOAD_KEY]["id"])
 
     def gold_targets(
         self, examples: List[Example], spans: Ragged
@@ -337,6 +547,28 @@ class SpanContProto(TrainablePipe):
         head.set_dim("nO", len(self.labels) + 1)
         head.initialize()
 
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        if self.state is not None and self.state.store is not None:
+            self.state.store.flush()  # a checkpoint also makes the refined labels durable
+        serialize = {
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "model": lambda p: self.model.to_disk(p),
+        }
+        if self.state is not None:
+            serialize["contproto"] = lambda p: p.write_bytes(self.state.to_bytes())
+        util.to_disk(path, serialize, exclude)
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        serialize = {
+            "cfg": lambda: srsly.json_dumps(self.cfg),
+            "vocab": lambda: self.vocab.to_bytes(exclude=exclude),
+            "model": self.model.to_bytes,
+        }
+        if self.state is not None:
+            serialize["contproto"] = self.state.to_bytes
+        return util.to_bytes(serialize, exclude)
+
     def from_disk(
         self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()
     ) -> "SpanContProto":
@@ -350,7 +582,14 @@ class SpanContProto(TrainablePipe):
             exclude,
         )
         self._prepare_for_load()
-        util.from_disk(path, {"model": lambda p: self._load_model_bytes(p.read_bytes())}, exclude)
+        util.from_disk(
+            path,
+            {
+                "model": lambda p: self._load_model_bytes(p.read_bytes()),
+                "contproto": lambda p: self._load_state(p.read_bytes()) if p.exists() else None,
+            },
+            exclude,
+        )
         return self
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "SpanContProto":
@@ -362,10 +601,37 @@ class SpanContProto(TrainablePipe):
         self._prepare_for_load()
         if "model" not in exclude and "model" in msg:
             self._load_model_bytes(msg["model"])
+        if "contproto" not in exclude and "contproto" in msg:
+            self._load_state(msg["contproto"])
         return self
+
+    def _load_state(self, data: bytes) -> None:
+        self.state = self._new_state()
+        self.state.from_bytes(data)
 
     def _load_model_bytes(self, data: bytes) -> None:
         try:
             self.model.from_bytes(data)
         except AttributeError:
             raise ValueError(Errors.E149) from None
+
+
+def is_target(eg: Example) -> bool:
+    """Whether an Example is an unlabelled target-language Doc with pseudo labels."""
+    return PAYLOAD_KEY in eg.reference.user_data
+
+
+def span_head_device(model: Model) -> torch.device:
+    return model.get_ref("span_head").layers[0].shims[0].device
+
+
+@dataclass
+class LossResult:
+    total: float
+    terms: Dict[str, float]
+    grads: SpanGradients
+    span_labels: torch.Tensor  # per span: gold (source), current/pseudo label (target), -1 none
+    predicted: torch.Tensor  # per span: argmax of the current prediction (views averaged)
+    target_rows: torch.Tensor  # spans of target Docs
+    target_ids: List[str]  # ids of the target Docs, in batch order
+    pseudo: torch.Tensor  # pseudo labels of the target spans (rows of target_rows)

@@ -23,6 +23,7 @@ class SpanOutputs:
     logits: Floats2d
     representations: Floats2d  # z = [h_start; h_end; width]
     projections: Optional[Floats2d] = None  # normalised projection of z (training only)
+    n_views: int = 1  # arrays hold n_views dropout views of every span, view-major
 
 
 @dataclass
@@ -97,7 +98,12 @@ def build_span_contproto_model(
         forward=_forward,
         init=_init,
         layers=[tok2vec, head],
-        attrs={"max_span_length": max_span_length, "predict_projections": False},
+        attrs={
+            "max_span_length": max_span_length,
+            "predict_projections": False,
+            "n_views": 1,
+            "view_source": "head",
+        },
     )
     model.set_ref("tok2vec", tok2vec)
     model.set_ref("span_head", head)
@@ -189,15 +195,24 @@ def _convert_head_outputs(model: Model, inputs_outputs, is_train: bool):
     return converted, backprop
 
 
+def uses_listener(model: Model) -> bool:
+    """Whether the model's tok2vec listens to a shared transformer component."""
+    return any(node.name == "transformer-listener" for node in model.get_ref("tok2vec").walk())
+
+
 def _forward(
     model: Model, docs: List[Doc], is_train: bool
 ) -> Tuple[SpanOutputs, Callable[[SpanGradients], List[Doc]]]:
+    """Spans and their outputs. In training with attrs n_views=2 every span gets two
+    dropout views, stacked view-major: from two tok2vec passes (view_source
+    "encoder") or from two span-head passes over one tok2vec pass ("head")."""
     tok2vec = model.get_ref("tok2vec")
     head = model.get_ref("span_head")
     ops = model.ops
     spans = doc_spans(docs, model.attrs["max_span_length"])
     n_classes = head.get_dim("nO")
     with_projection = is_train or model.attrs["predict_projections"]
+    n_views = model.attrs.get("n_views", 1) if is_train else 1
     if spans.data.shape[0] == 0:
         # No token in the whole batch (only empty Docs): spacy-transformers' pooling
         # cannot run on such a batch, and there is nothing to score.
@@ -206,37 +221,68 @@ def _forward(
             logits=ops.alloc2f(0, n_classes),
             representations=ops.alloc2f(0, span_head_module(model).span_width),
             projections=ops.alloc2f(0, head.attrs["projection_width"]) if with_projection else None,
+            n_views=n_views,
         )
         return outputs, lambda grads: []
-    features, backprop_tok2vec = tok2vec(docs, is_train)
+    n_encoder_passes = n_views if model.attrs.get("view_source", "head") == "encoder" else 1
+    if n_encoder_passes > 1 and uses_listener(model):
+        raise ValueError(
+            "span_contproto: views = \"encoder\" needs the component's own (embedded) "
+            "transformer; with a listener to a shared transformer use views = \"head\"."
+        )
+    encoder_passes = [tok2vec(docs, is_train) for _ in range(n_encoder_passes)]
+    features = encoder_passes[0][0]
     lengths = numpy.asarray([f.shape[0] for f in features], dtype=numpy.int64)
     doc_offsets = numpy.cumsum(lengths) - lengths
     span_offsets = numpy.repeat(doc_offsets, spans.lengths)
     starts = spans.data[:, 0] + span_offsets
     ends = spans.data[:, 1] + span_offsets
-    tokens = ops.xp.concatenate([f for f in features if f.shape[0]], axis=0)
-    head_outputs, backprop_head = head((tokens, starts, ends, with_projection), is_train)
+    view_tokens, view_outputs, view_backprops = [], [], []
+    for view in range(n_views):
+        view_features = encoder_passes[min(view, n_encoder_passes - 1)][0]
+        tokens = ops.xp.concatenate([f for f in view_features if f.shape[0]], axis=0)
+        head_outputs, backprop_head = head((tokens, starts, ends, with_projection), is_train)
+        view_tokens.append(tokens)
+        view_outputs.append(head_outputs)
+        view_backprops.append(backprop_head)
+
+    def stack(i: int) -> Floats2d:
+        return view_outputs[0][i] if n_views == 1 else ops.xp.concatenate([o[i] for o in view_outputs])
+
     outputs = SpanOutputs(
         spans=spans,
-        logits=head_outputs[0],
-        representations=head_outputs[1],
-        projections=head_outputs[2] if with_projection else None,
+        logits=stack(0),
+        representations=stack(1),
+        projections=stack(2) if with_projection else None,
+        n_views=n_views,
     )
+    n_spans = spans.data.shape[0]
 
     def backprop(grads: SpanGradients) -> List[Doc]:
-        head_grads = (grads.d_logits, grads.d_representations)
+        all_grads = [grads.d_logits, grads.d_representations]
         if with_projection:
-            head_grads += (grads.d_projections,)
-        if all(g is None for g in head_grads):
-            d_tokens = ops.alloc2f(*tokens.shape)
-        else:
-            d_tokens = backprop_head(head_grads)
+            all_grads.append(grads.d_projections)
+        d_tokens_per_pass = [None] * n_encoder_passes
+        for view in range(n_views):
+            head_grads = tuple(
+                None if g is None else g[view * n_spans : (view + 1) * n_spans] for g in all_grads
+            )
+            if all(g is None for g in head_grads):
+                continue
+            d_tokens = view_backprops[view](head_grads)
+            p = min(view, n_encoder_passes - 1)
+            d_tokens_per_pass[p] = d_tokens if d_tokens_per_pass[p] is None else d_tokens_per_pass[p] + d_tokens
         split_at = numpy.cumsum(lengths)[:-1]
-        d_features = ops.xp.split(d_tokens, split_at) if len(lengths) else []
-        d_features = [
-            d if f.shape[0] else ops.alloc2f(*f.shape) for d, f in zip(d_features, features)
-        ]
-        return backprop_tok2vec(d_features)
+        result: List[Doc] = []
+        for (pass_features, backprop_tok2vec), d_tokens in zip(encoder_passes, d_tokens_per_pass):
+            if d_tokens is None:
+                d_tokens = ops.alloc2f(*view_tokens[0].shape)
+            d_features = ops.xp.split(d_tokens, split_at)
+            d_features = [
+                d if f.shape[0] else ops.alloc2f(*f.shape) for d, f in zip(d_features, pass_features)
+            ]
+            result = backprop_tok2vec(d_features)
+        return result
 
     return outputs, backprop
 

@@ -34,10 +34,11 @@ STORE_VERSION = 1
 FLOAT16 = numpy.dtype("<f2")
 
 
-def stable_doc_ids(word_lists: Iterable[Sequence[str]]) -> List[str]:
+def stable_doc_ids(word_lists: Iterable[Sequence[str]], seen: Optional[Counter] = None) -> List[str]:
     """An id per document from its words: the same text gets the same id in every
-    run and file order; repeated texts are told apart by their occurrence number."""
-    seen: Counter = Counter()
+    run and file order; repeated texts are told apart by their occurrence number
+    (counted in `seen`, to continue over several calls)."""
+    seen = Counter() if seen is None else seen
     ids = []
     for words in word_lists:
         digest = hashlib.sha1("\x1f".join(words).encode("utf8")).hexdigest()[:20]

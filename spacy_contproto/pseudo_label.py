@@ -1,0 +1,77 @@
+"""Teacher pseudo-labelling: soft class distributions of every enumerated span of
+target Docs, stored with each Doc (format: pseudo_labels.py)."""
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from spacy.util import minibatch
+
+from .component import SpanContProto
+from .pseudo_labels import PAYLOAD_KEY, encode_payload, stable_doc_ids
+
+
+def find_component(nlp: Language, name: Optional[str] = None) -> str:
+    names = [n for n, proc in nlp.pipeline if isinstance(proc, SpanContProto)]
+    if name is not None:
+        if name not in names:
+            raise ValueError(f"the pipeline has no span_contproto component named {name!r}; it has {names}")
+        return name
+    if len(names) != 1:
+        raise ValueError(
+            f"the pipeline must have exactly one span_contproto component, it has {names or 'none'}; "
+            "name the one to use"
+        )
+    return names[0]
+
+
+def pseudo_label_docs(
+    nlp: Language, docs: Iterable[Doc], *, component: Optional[str] = None, batch_size: int = 64
+) -> Iterator[Doc]:
+    """Yield the Docs with the teacher's span probabilities in user_data.
+
+    The teacher's earlier components (e.g. the transformer) run on copies, so the
+    Docs keep their own annotation (gold entities stay for quality measurement)
+    and carry no transformer output."""
+    name = find_component(nlp, component)
+    pipe: SpanContProto = nlp.get_pipe(name)
+    upstream = [proc for n, proc in nlp.pipeline[: nlp.pipe_names.index(name)]]
+    seen: Counter = Counter()
+    for batch in minibatch(docs, batch_size):
+        work = [doc.copy() for doc in batch]
+        for proc in upstream:
+            work = list(proc.pipe(work)) if hasattr(proc, "pipe") else [proc(d) for d in work]
+        predictions = pipe.predict(work)
+        probs = nlp.get_pipe(name).model.ops.to_numpy(predictions.probabilities)
+        ids = stable_doc_ids([[t.text for t in doc] for doc in batch], seen)
+        offset = 0
+        for doc, doc_id, n_spans in zip(batch, ids, predictions.spans.lengths):
+            doc.user_data[PAYLOAD_KEY] = encode_payload(
+                doc_id, probs[offset : offset + n_spans], pipe.class_names, pipe.max_span_length
+            )
+            offset += n_spans
+            yield doc
+
+
+def pseudo_label_file(
+    nlp: Language, input_path: Path, output_path: Path, *, component: Optional[str] = None,
+    batch_size: int = 64, progress: bool = True,
+) -> int:
+    """Pseudo-label the Docs of a .spacy file into another; returns the number of Docs."""
+    doc_bin = DocBin(store_user_data=True).from_disk(input_path)
+    docs = doc_bin.get_docs(nlp.vocab)
+    labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        labelled = tqdm(labelled, total=len(doc_bin), desc="pseudo-labelling", unit="doc")
+    out = DocBin(store_user_data=True)
+    n = 0
+    for doc in labelled:
+        out.add(doc)
+        n += 1
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_disk(output_path)
+    return n

@@ -1,0 +1,186 @@
+"""Run state of ContProto self-training: prototypes and margins, the pseudo-label
+store, the epoch schedule and the oracle pseudo-label quality (no spaCy here)."""
+import json
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy
+import srsly
+import torch
+
+from .prototypes import PrototypeMemory, beta_for_epoch, fixed_margins, refine_pseudo_labels
+from .pseudo_labels import PseudoLabelStore
+from .settings import ContProtoSettings
+from .spans import OUTSIDE, decode_non_overlapping
+
+# (spans (n, 2) of the document, gold spans (k, 2), gold class indices (k,))
+OracleEntry = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
+
+
+class SelfTrainingState:
+    def __init__(self, settings: ContProtoSettings, class_names: Sequence[str], prototype_width: int):
+        self.settings = settings
+        self.class_names = list(class_names)
+        self.memory = PrototypeMemory(
+            len(class_names), prototype_width, settings.prototype_alpha, settings.prototype_update
+        )
+        self.store: Optional[PseudoLabelStore] = None
+        self.oracle: Dict[str, OracleEntry] = {}
+        self.epoch = 0
+        self.step = 0
+        self.epoch_known = False
+        self._warned_no_epochs = False
+
+    # pseudo labels ------------------------------------------------------------
+
+    def build_store(self, entries: Dict[str, numpy.ndarray], oracle: Dict[str, OracleEntry]) -> None:
+        s = self.settings
+        self.store = PseudoLabelStore.create(
+            entries, self.class_names, s.store_dir, max_ram_bytes=s.store_max_ram_mb * (1 << 20)
+        )
+        self.oracle = oracle
+        self.log_quality(epoch=0)
+
+    def pseudo_labels(self, doc_ids: Sequence[str]) -> numpy.ndarray:
+        if self.store is None:
+            raise ValueError(
+                "span_contproto got target-language Docs in training, but was initialized "
+                "without any: give the training corpus reader the target Docs "
+                "(spacy_contproto.SelfTrainingCorpus.v1) so nlp.initialize() sees them."
+            )
+        return self.store.gather(doc_ids)
+
+    # schedule -----------------------------------------------------------------
+
+    def set_training_state(self, epoch: int, step: int) -> None:
+        """Called before each update (training callback). Ends finished epochs:
+        margins for the next epoch, store flushed, quality logged."""
+        if self.epoch_known:
+            for finished in range(self.epoch, epoch):
+                self.end_epoch(finished)
+        self.epoch, self.step, self.epoch_known = epoch, step, True
+
+    def end_epoch(self, finished_epoch: int) -> None:
+        self.memory.end_epoch()
+        if self.store is not None:
+            self.store.flush()
+            self.log_quality(epoch=finished_epoch + 1)
+
+    @property
+    def refining(self) -> bool:
+        s = self.settings
+        if not s.prototypes:
+            return False
+        if not self.epoch_known:
+            if not self._warned_no_epochs and s.warmup_epochs > 0:
+                warnings.warn(
+                    "span_contproto does not know the training epoch, so pseudo labels stay "
+                    "in warm-up and are never refined. Add the callback "
+                    '[training.before_update] @callbacks = "spacy_contproto.training_schedule.v1".'
+                )
+                self._warned_no_epochs = True
+            return s.warmup_epochs == 0
+        return self.epoch >= s.warmup_epochs
+
+    def beta(self) -> float:
+        s = self.settings
+        return beta_for_epoch(
+            self.epoch, s.max_epochs, start=s.beta, end=s.beta_end,
+            schedule=s.beta_schedule, warmup_epochs=s.warmup_epochs,
+        )
+
+    def margins(self) -> torch.Tensor:
+        if self.settings.margin == "fixed":
+            return fixed_margins(len(self.class_names), self.settings.fixed_margin)
+        return self.memory.margins
+
+    # one training step ----------------------------------------------------------
+
+    def after_update(
+        self,
+        vectors: torch.Tensor,
+        span_labels: torch.Tensor,
+        target_ids: Sequence[str],
+        target_rows: torch.Tensor,
+        target_pseudo: torch.Tensor,
+        target_margin_labels: torch.Tensor,
+    ) -> None:
+        """Prototype update on the batch's spans (labels < 0 left out), margin
+        statistics and, past warm-up, refinement of the target spans' pseudo labels.
+
+        vectors: (n, D) normalised span vectors; target_rows: their rows that belong
+        to target Docs, in the order of target_ids' spans."""
+        self.memory.update(vectors, span_labels)
+        if target_rows.numel() == 0:
+            return
+        similarities = self.memory.similarities(vectors[target_rows])
+        self.memory.add_margin_statistics(similarities, target_margin_labels)
+        if self.refining:
+            refined = refine_pseudo_labels(
+                target_pseudo.to(similarities), similarities, self.beta(), self.margins().to(similarities),
+                criterion=self.settings.margin_criterion, outside=OUTSIDE,
+            )
+            self.store.scatter(target_ids, refined.cpu().numpy())
+
+    # quality ------------------------------------------------------------------
+
+    def quality(self) -> Optional[Dict[str, float]]:
+        """Oracle micro P/R/F1 of the current pseudo labels (decoded like predictions)
+        against the target gold kept aside, or None without gold."""
+        if not self.oracle or self.store is None:
+            return None
+        tp = n_pred = n_gold = 0
+        for doc_id, (spans, gold_spans, gold_labels) in self.oracle.items():
+            probs = self.store.get(doc_id)
+            best = probs.argmax(axis=1)
+            is_entity = best != OUTSIDE
+            cand, cand_labels = spans[is_entity], best[is_entity]
+            scores = probs[is_entity][numpy.arange(len(cand_labels)), cand_labels]
+            keep = decode_non_overlapping(cand, scores)
+            predicted = {(int(s), int(e), int(c)) for (s, e), c in zip(cand[keep], cand_labels[keep])}
+            gold = {(int(s), int(e), int(c)) for (s, e), c in zip(gold_spans, gold_labels)}
+            tp += len(predicted & gold)
+            n_pred += len(predicted)
+            n_gold += len(gold)
+        p = tp / n_pred if n_pred else 0.0
+        r = tp / n_gold if n_gold else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        return {"precision": p, "recall": r, "f1": f, "n_docs": len(self.oracle), "n_gold": n_gold}
+
+    def log_quality(self, epoch: int) -> None:
+        if self.settings.quality_log is None:
+            return
+        scores = self.quality()
+        if scores is None:
+            return
+        path = Path(self.settings.quality_log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf8") as f:
+            f.write(json.dumps({"epoch": epoch, "step": self.step, **scores}) + "\n")
+
+    # serialisation -------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return srsly.msgpack_dumps({k: _encode_array(v) for k, v in self.memory.to_dict().items()})
+
+    def from_bytes(self, data: bytes) -> None:
+        msg = srsly.msgpack_loads(data)
+        self.memory.load_dict({k: _decode_array(v) for k, v in msg.items()})
+
+
+_SAFE_DTYPES = {"<f4", "<f8", "<f2"}
+
+
+def _encode_array(array: numpy.ndarray) -> dict:
+    array = numpy.ascontiguousarray(array)
+    dtype = array.dtype.newbyteorder("<").str
+    return {"dtype": dtype, "shape": list(array.shape), "data": array.astype(dtype).tobytes()}
+
+
+def _decode_array(msg: dict) -> numpy.ndarray:
+    """Numeric arrays only: nothing here is ever unpickled."""
+    if msg.get("dtype") not in _SAFE_DTYPES:
+        raise ValueError(f"refusing to load an array of dtype {msg.get('dtype')!r}")
+    return numpy.frombuffer(msg["data"], dtype=msg["dtype"]).reshape(msg["shape"]).copy()
+

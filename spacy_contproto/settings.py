@@ -1,0 +1,138 @@
+"""The ContProto training settings of span_contproto: one registered, typed
+config block with the paper's values as defaults."""
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from spacy.util import registry
+
+from .prototypes import BETA_SCHEDULES, MARGIN_CRITERIA, PROTOTYPE_UPDATES
+
+CHOICES = {
+    "contrastive_target_labels": ("prediction", "pseudo_label"),
+    "consistency_spans": ("all", "source"),
+    "views": ("auto", "head", "encoder"),
+    "prototype_space": ("projection", "representation"),
+    "prototype_update": PROTOTYPE_UPDATES,
+    "beta_schedule": BETA_SCHEDULES,
+    "margin": ("class", "fixed"),
+    "margin_criterion": MARGIN_CRITERIA,
+    "margin_labels": ("prediction", "pseudo_label"),
+}
+
+
+@dataclass(frozen=True)
+class ContProtoSettings:
+    source_loss: bool = True
+    source_weight: float = 1.0
+    target_loss: bool = True
+    target_weight: float = 1.0
+    contrastive_loss: bool = True
+    contrastive_weight: float = 1.0
+    temperature: float = 0.07
+    contrastive_target_labels: str = "prediction"
+    consistency_loss: bool = True
+    consistency_weight: float = 1.0
+    consistency_spans: str = "all"
+    views: str = "auto"
+    prototypes: bool = True
+    prototype_space: str = "projection"
+    prototype_alpha: float = 0.99
+    prototype_update: str = "sequential"
+    beta: float = 0.95
+    beta_schedule: str = "constant"
+    beta_end: float = 0.8
+    margin: str = "class"
+    fixed_margin: float = 1.0
+    margin_criterion: str = "nearest"
+    margin_labels: str = "prediction"
+    warmup_epochs: int = 1
+    max_epochs: int = 10
+    store_dir: Optional[str] = None
+    store_max_ram_mb: int = 1024
+    quality_log: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"contproto setting {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("prototype_alpha", "beta", "beta_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("source_weight", "target_weight", "contrastive_weight", "consistency_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    @property
+    def n_views(self) -> int:
+        """Two dropout views when a loss compares them (contrastive, consistency)."""
+        return 2 if (self.contrastive_loss or self.consistency_loss) else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@registry.misc("spacy_contproto.ContProto.v1")
+def contproto_settings(
+    source_loss: bool = True,
+    source_weight: float = 1.0,
+    target_loss: bool = True,
+    target_weight: float = 1.0,
+    contrastive_loss: bool = True,
+    contrastive_weight: float = 1.0,
+    temperature: float = 0.07,
+    contrastive_target_labels: str = "prediction",
+    consistency_loss: bool = True,
+    consistency_weight: float = 1.0,
+    consistency_spans: str = "all",
+    views: str = "auto",
+    prototypes: bool = True,
+    prototype_space: str = "projection",
+    prototype_alpha: float = 0.99,
+    prototype_update: str = "sequential",
+    beta: float = 0.95,
+    beta_schedule: str = "constant",
+    beta_end: float = 0.8,
+    margin: str = "class",
+    fixed_margin: float = 1.0,
+    margin_criterion: str = "nearest",
+    margin_labels: str = "prediction",
+    warmup_epochs: int = 1,
+    max_epochs: int = 10,
+    store_dir: Optional[str] = None,
+    store_max_ram_mb: int = 1024,
+    quality_log: Optional[str] = None,
+) -> ContProtoSettings:
+    """ContProto training settings (paper values as defaults; see README).
+
+    Losses (each a switch and a weight): source_loss (eq. 1), target_loss (eq. 2,
+    soft CE against the current pseudo labels), contrastive_loss (eq. 4 with
+    temperature; target positives from the current prediction, eq. 5, or from the
+    stored pseudo label), consistency_loss (eq. 6, symmetric KL between two dropout
+    views, over all spans or source spans only as published).
+    views: where the two dropout views come from: "encoder" (two transformer passes,
+        embedded transformer only), "head" (one transformer pass, two dropout passes
+        of the span head; the only option with a shared transformer), "auto".
+    prototypes: prototype-based pseudo-label refinement (eq. 8-11) on the projected
+        ("projection") or unprojected ("representation", ablation proto w/o cl) span vectors;
+        prototype_update "sequential" (published per-span EMA, in closed form) or "batch_mean".
+    beta / beta_schedule / beta_end: pseudo-label EMA, "constant" (paper) or "linear"
+        from beta to beta_end (published code) over max_epochs.
+    margin "class" (eq. 11, from the previous epoch; margin_labels: spans predicted as c,
+        as in eq. 11, or pseudo-labelled c as published) or "fixed" (fixed_margin);
+        margin_criterion "nearest" (paper) or "any" (published code).
+    warmup_epochs: epochs without refinement. store_dir: folder for the refined labels
+        (null: memory, or a temporary folder past store_max_ram_mb). quality_log: JSONL
+        file for the oracle P/R/F1 of the pseudo labels per epoch (needs target gold)."""
+    return ContProtoSettings(**{k: v for k, v in locals().items()})
+
+
+@registry.misc("spacy_contproto.Supervised.v1")
+def supervised_settings() -> ContProtoSettings:
+    """Plain supervised span NER: source cross-entropy only (the teacher)."""
+    return ContProtoSettings(
+        target_loss=False, contrastive_loss=False, consistency_loss=False, prototypes=False
+    )

@@ -1,0 +1,176 @@
+"""spaCy training plumbing for self-training: the reader that mixes labelled source
+Docs with pseudo-labelled target Docs, the schedule callback and a console logger
+that shows every ContProto loss."""
+import sys
+from itertools import cycle, islice
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import srsly
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from spacy.training import Corpus, Example
+from spacy.util import ensure_path, registry
+from wasabi import Printer
+
+from .component import ORACLE_KEY, SpanContProto
+from .pseudo_labels import PAYLOAD_KEY
+
+PSEUDO_LABEL_HINT = (
+    "Pseudo-label them first: python -m spacy_contproto pseudo-label TEACHER_MODEL "
+    "INPUT.spacy OUTPUT.spacy"
+)
+
+
+def target_example(nlp: Language, doc: Doc) -> Example:
+    """An Example for an unlabelled target Doc: same tokens on both sides, no entity
+    annotation in the reference (so no component can learn "no entities" from it),
+    the pseudo labels in reference.user_data, and any gold entities moved aside
+    under ORACLE_KEY for pseudo-label quality only."""
+    words = [t.text for t in doc]
+    spaces = [bool(t.whitespace_) for t in doc]
+    reference = Doc(nlp.vocab, words=words, spaces=spaces)
+    predicted = Doc(nlp.vocab, words=words, spaces=spaces)
+    if doc.has_annotation("SENT_START"):
+        for ref_token, pred_token, token in zip(reference, predicted, doc):
+            ref_token.is_sent_start = pred_token.is_sent_start = token.is_sent_start
+    reference.user_data[PAYLOAD_KEY] = doc.user_data[PAYLOAD_KEY]
+    if doc.has_annotation("ENT_IOB"):
+        reference.user_data[ORACLE_KEY] = [(e.start, e.end, e.label_) for e in doc.ents]
+    return Example(predicted, reference)
+
+
+class SelfTrainingCorpus:
+    """Labelled source Examples interleaved with pseudo-labelled target Examples,
+    ``target_per_source`` target Docs after each source Doc on average (the target
+    Docs are cycled when there are fewer of them). One pass over the source corpus
+    is one epoch."""
+
+    def __init__(
+        self,
+        source: Union[str, Path],
+        target: Union[str, Path],
+        *,
+        target_per_source: float = 1.0,
+        max_length: int = 0,
+        limit: int = 0,
+        target_limit: int = 0,
+    ):
+        if target_per_source < 0:
+            raise ValueError(f"target_per_source must be >= 0, got {target_per_source}")
+        self.source = Corpus(source, max_length=max_length, limit=limit)
+        self.target_path = ensure_path(target)
+        self.target_per_source = target_per_source
+        self.target_limit = target_limit
+
+    def target_docs(self, nlp: Language) -> List[Doc]:
+        path = self.target_path
+        if path is None or not path.exists():
+            raise ValueError(f"target corpus {path} does not exist")
+        docs = list(islice(DocBin().from_disk(path).get_docs(nlp.vocab), self.target_limit or None))
+        if not docs:
+            raise ValueError(
+                f"target corpus {path} holds no Docs: self-training needs unlabelled target "
+                "Docs (train on the source corpus alone with configs/teacher_cpu.cfg)."
+            )
+        missing = sum(PAYLOAD_KEY not in doc.user_data for doc in docs)
+        if missing:
+            raise ValueError(
+                f"{missing} of {len(docs)} Docs in {path} carry no pseudo labels. {PSEUDO_LABEL_HINT}"
+            )
+        return docs
+
+    def __call__(self, nlp: Language) -> Iterator[Example]:
+        targets = [target_example(nlp, doc) for doc in self.target_docs(nlp)]
+        target_stream = cycle(targets)
+        owed = 0.0
+        for example in self.source(nlp):
+            yield example
+            owed += self.target_per_source
+            while owed >= 1.0:
+                yield next(target_stream)
+                owed -= 1.0
+
+
+@registry.readers("spacy_contproto.SelfTrainingCorpus.v1")
+def create_self_training_corpus(
+    source: Path,
+    target: Path,
+    target_per_source: float = 1.0,
+    max_length: int = 0,
+    limit: int = 0,
+    target_limit: int = 0,
+) -> Callable[[Language], Iterable[Example]]:
+    """Training corpus for ContProto: labelled source Docs (.spacy) mixed with
+    pseudo-labelled target Docs (.spacy written by the pseudo-label command)."""
+    return SelfTrainingCorpus(
+        source, target, target_per_source=target_per_source, max_length=max_length,
+        limit=limit, target_limit=target_limit,
+    )
+
+
+@registry.callbacks("spacy_contproto.training_schedule.v1")
+def create_training_schedule() -> Callable[[Language, Dict[str, Any]], None]:
+    """[training.before_update] callback: tells span_contproto components the epoch
+    and step (warm-up, margins from the previous epoch, beta schedule, quality log)."""
+
+    def before_update(nlp: Language, args: Dict[str, Any]) -> None:
+        for _, proc in nlp.pipeline:
+            if isinstance(proc, SpanContProto):
+                proc.set_training_state(epoch=int(args["epoch"]), step=int(args["step"]))
+
+    return before_update
+
+
+@registry.loggers("spacy_contproto.ConsoleLogger.v1")
+def create_console_logger(
+    output_file: Optional[str] = None,
+) -> Callable:
+    """Like spaCy's console logger, with a column per loss term of span_contproto
+    (name:src, :tgt, :cont, :reg) besides each component's total; optionally also
+    JSONL lines with every loss and score."""
+
+    def setup_printer(nlp: Language, stdout: IO = sys.stdout, stderr: IO = sys.stderr) -> Tuple[Callable, Callable]:
+        msg = Printer(no_print=True)
+        write = lambda text: print(text, file=stdout, flush=True)  # noqa: E731
+        loss_cols: List[str] = []
+        for name, proc in nlp.pipeline:
+            if isinstance(proc, SpanContProto):
+                loss_cols.extend(proc.loss_names)
+            elif getattr(proc, "is_trainable", False):
+                loss_cols.append(name)
+        score_weights = nlp.config["training"]["score_weights"]
+        score_cols = [col for col, value in score_weights.items() if value is not None]
+        headers = ["E", "#"] + [f"Loss {c}" for c in loss_cols] + score_cols + ["Score"]
+        widths = [3, 6] + [max(8, len(c) + 5) for c in loss_cols] + [max(6, len(c)) for c in score_cols] + [6]
+        write(msg.row([h.upper() for h in headers], widths=widths, spacing=2))
+        write(msg.row(["-" * w for w in widths], spacing=2))
+        stream = open(output_file, "w", encoding="utf8") if output_file else None
+
+        def log_step(info: Optional[Dict[str, Any]]) -> None:
+            if info is None:
+                return
+            losses = {c: float(info["losses"].get(c, 0.0)) for c in loss_cols}
+            scores = {}
+            for col in score_cols:
+                value = info["other_scores"].get(col, 0.0)
+                scores[col] = float(value) * (1 if col == "speed" else 100) if value is not None else 0.0
+            row = [info["epoch"], info["step"]] + [f"{v:.2f}" for v in losses.values()]
+            row += [f"{v:.2f}" for v in scores.values()] + [f"{float(info['score']):.2f}"]
+            write(msg.row(row, widths=widths, aligns=["r"] * len(widths), spacing=2))
+            if stream is not None:
+                record = {"epoch": info["epoch"], "step": info["step"], "losses": losses,
+                          "scores": scores, "score": float(info["score"])}
+                stream.write(srsly.json_dumps(record) + "\n")
+                stream.flush()
+
+        def finalize() -> None:
+            for _, proc in nlp.pipeline:
+                if isinstance(proc, SpanContProto):
+                    proc.finish_training()
+            if stream is not None:
+                stream.close()
+
+        return log_step, finalize
+
+    return setup_printer
