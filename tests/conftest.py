@@ -54,3 +54,18 @@ def trained_teacher(tmp_path_factory, tiny_encoder, synthetic_corpus) -> Path:
     )
     (output / "train.log").write_text(result.stdout + result.stderr)
     return output / "model-best"
+
+
+@pytest.fixture(scope="session")
+def target_corpus(tmp_path_factory, trained_teacher) -> dict:
+    """Unlabelled-target .spacy files: raw (gold kept for quality) and pseudo-labelled
+    by the trained teacher."""
+    from spacy_contproto.pseudo_label import pseudo_label_file
+
+    folder = tmp_path_factory.mktemp("target")
+    vocab = spacy.blank("xx").vocab
+    raw = folder / "target.spacy"
+    DocBin(docs=synthetic_docs(vocab, 60, seed=11), store_user_data=True).to_disk(raw)
+    labelled = folder / "target.pl.spacy"
+    pseudo_label_file(spacy.load(trained_teacher), raw, labelled, progress=False)
+    return {"raw": raw, "pseudo_labelled": labelled}

@@ -1,0 +1,300 @@
+"""ContProto self-training inside spaCy's training loop."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy
+import pytest
+import spacy
+import srsly
+import torch
+from spacy.tokens import Doc, DocBin
+from thinc.api import fix_random_seed
+
+from spacy_contproto.component import ORACLE_KEY
+from spacy_contproto.pseudo_labels import PAYLOAD_KEY, decode_payload, encode_payload
+from spacy_contproto.training import SelfTrainingCorpus
+
+from .conftest import CONFIGS
+
+
+def contproto_nlp(encoder, corpus, target, **overrides):
+    config = spacy.util.load_config(
+        CONFIGS / "contproto_cpu.cfg",
+        overrides={
+            "paths.encoder": str(encoder), "paths.train": str(corpus["train"]),
+            "paths.dev": str(corpus["dev"]), "paths.target": str(target), **overrides,
+        },
+    )
+    return spacy.util.load_model_from_config(config, auto_fill=True)
+
+
+def initialize(nlp, corpus, target, seed=0):
+    fix_random_seed(seed)
+    reader = SelfTrainingCorpus(corpus["train"], target)
+    examples = list(reader(nlp))
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 1e-3
+    return examples, optimizer
+
+
+def train_steps(nlp, examples, optimizer, epochs, steps_per_epoch, batch_size=16):
+    """A small fixed-order training loop; returns the losses of each step."""
+    pipe = nlp.get_pipe("span_contproto")
+    history, step = [], 0
+    for epoch in range(epochs):
+        for i in range(steps_per_epoch):
+            batch = examples[(i * batch_size) % len(examples):][:batch_size]
+            pipe.set_training_state(epoch=epoch, step=step)
+            losses = {}
+            nlp.update(batch, sgd=optimizer, losses=losses)
+            history.append(losses)
+            step += 1
+    return history
+
+
+def load(path, vocab):
+    return list(DocBin().from_disk(path).get_docs(vocab))
+
+
+def test_pseudo_label_command_writes_documented_payload(tmp_path, trained_teacher, target_corpus):
+    out = tmp_path / "pl.spacy"
+    for cmd in (
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label"],
+        [sys.executable, "-m", "spacy", "contproto", "pseudo-label"],
+    ):
+        result = subprocess.run(
+            cmd + [str(trained_teacher), str(target_corpus["raw"]), str(out), "--batch-size", "7"],
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Pseudo-labelled 60 Docs" in result.stdout
+    vocab = spacy.blank("xx").vocab
+    docs = load(out, vocab)
+    raw = load(target_corpus["raw"], vocab)
+    ids = []
+    for doc, original in zip(docs, raw):
+        payload = doc.user_data[PAYLOAD_KEY]
+        doc_id, probs, classes, max_len = decode_payload(payload)
+        assert classes[0] == "O" and set(classes[1:]) == {"PER", "ORG", "LOC", "MISC"}
+        assert max_len == 4
+        n = len(doc)
+        assert probs.shape == (sum(n - w + 1 for w in range(1, 5) if w <= n), 5)
+        assert len(payload["probs"]) == probs.size * 2  # fp16
+        assert numpy.allclose(probs.sum(1), 1, atol=1e-2)
+        assert [(e.start, e.end, e.label_) for e in doc.ents] == [
+            (e.start, e.end, e.label_) for e in original.ents
+        ]  # gold kept for quality measurement
+        assert all(not isinstance(k, tuple) for k in doc.user_data)  # no transformer output saved
+        ids.append(doc_id)
+    assert len(set(ids)) == len(ids)
+    # ids are stable: the in-process run of the fixture gave the same
+    assert ids == [d.user_data[PAYLOAD_KEY]["id"] for d in load(target_corpus["pseudo_labelled"], vocab)]
+
+
+def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+         str(target_corpus["raw"]), str(tmp_path / "out.spacy")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_reader_mixes_target_docs_without_gold(synthetic_corpus, target_corpus):
+    nlp = spacy.blank("xx")
+    examples = list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"])(nlp))
+    targets = [eg for eg in examples if PAYLOAD_KEY in eg.reference.user_data]
+    assert len(examples) - len(targets) == 160 and len(targets) == 160  # 60 target Docs, cycled
+    assert all(PAYLOAD_KEY not in eg.reference.user_data for eg in examples[0::2])
+    for eg in targets:
+        assert not eg.reference.has_annotation("ENT_IOB")  # nothing to learn "no entities" from
+        assert [t.text for t in eg.predicted] == [t.text for t in eg.reference]
+    assert any(eg.reference.user_data[ORACLE_KEY] for eg in targets)
+    half = list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], target_per_source=0.5)(nlp))
+    assert len(half) == 160 + 80
+
+
+def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
+    nlp = spacy.blank("xx")
+    empty = tmp_path / "empty.spacy"
+    DocBin().to_disk(empty)
+    with pytest.raises(ValueError, match="holds no Docs"):
+        list(SelfTrainingCorpus(synthetic_corpus["train"], empty)(nlp))
+    with pytest.raises(ValueError, match="60 of 60 Docs .* carry no pseudo labels.*pseudo-label"):
+        list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["raw"])(nlp))
+
+
+def test_refinement_only_after_warmup(tiny_encoder, synthetic_corpus, target_corpus):
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"])
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    state = nlp.get_pipe("span_contproto").state
+    ids = state.store.ids()
+    teacher_labels = state.store.gather(ids)
+    history = train_steps(nlp, examples, optimizer, epochs=1, steps_per_epoch=6)
+    assert numpy.array_equal(state.store.gather(ids), teacher_labels)  # warm-up epoch
+    assert torch.any(state.memory.prototypes != 0)  # prototypes are built during warm-up
+    pipe = nlp.get_pipe("span_contproto")
+    pipe.set_training_state(epoch=1, step=6)
+    assert torch.any(state.memory.margins != 0)  # margins from the warm-up epoch
+    for step in range(6, 12):
+        pipe.set_training_state(epoch=1, step=step)
+        nlp.update(examples[step * 16 % len(examples):][:16], sgd=optimizer)
+    refined = state.store.gather(ids)
+    assert not numpy.array_equal(refined, teacher_labels)
+    assert numpy.allclose(refined.sum(1), 1, atol=1e-2) and numpy.all(refined >= 0)
+    for losses in history:
+        assert set(losses) == {"transformer", *pipe.loss_names}
+        assert all(math.isfinite(v) for v in losses.values())
+
+
+def permuted_gold_target(path, out, vocab):
+    """The same target Docs and pseudo labels with different gold entities."""
+    docs = list(DocBin(store_user_data=True).from_disk(path).get_docs(vocab))
+    rng = numpy.random.default_rng(0)
+    for doc in docs:
+        labels = ["PER", "ORG", "LOC", "MISC"]
+        doc.ents = [doc.char_span(e.start_char, e.end_char, label=rng.choice(labels)) for e in doc.ents][:1]
+    DocBin(docs=docs, store_user_data=True).to_disk(out)
+    return out
+
+
+def test_target_gold_never_reaches_training(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
+    vocab = spacy.blank("xx").vocab
+    permuted = permuted_gold_target(target_corpus["pseudo_labelled"], tmp_path / "permuted.spacy", vocab)
+    results = []
+    for target in (target_corpus["pseudo_labelled"], permuted):
+        nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target, **{"components.span_contproto.contproto.warmup_epochs": 0})
+        examples, optimizer = initialize(nlp, synthetic_corpus, target, seed=3)
+        history = train_steps(nlp, examples, optimizer, epochs=2, steps_per_epoch=3)
+        pipe = nlp.get_pipe("span_contproto")
+        docs = [nlp.get_pipe("transformer")(nlp.make_doc(t)) for t in ["Anna Berg visited Oslo .", "Globex won ."]]
+        results.append((history, pipe.predict(docs).probabilities, pipe.state.store.gather(pipe.state.store.ids()),
+                        pipe.state.quality()))
+    (h1, p1, s1, q1), (h2, p2, s2, q2) = results
+    assert h1 == h2
+    assert numpy.array_equal(p1, p2) and numpy.array_equal(s1, s2)
+    assert q1 != q2  # the gold differs, and only the quality measurement sees it
+
+
+def test_views_encoder_needs_embedded_transformer(tiny_encoder, synthetic_corpus, target_corpus):
+    nlp = contproto_nlp(
+        tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"],
+        **{"components.span_contproto.contproto.views": "encoder"},
+    )
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    with pytest.raises(ValueError, match="embedded"):
+        nlp.update(examples[:4], sgd=optimizer)
+
+
+def test_two_head_views_differ_by_dropout(tiny_encoder, synthetic_corpus, target_corpus):
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"])
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    pipe = nlp.get_pipe("span_contproto")
+    docs = [eg.predicted for eg in examples[:4]]
+    for doc in docs:
+        nlp.get_pipe("transformer")(doc)
+    pipe.model.attrs["n_views"] = 2
+    outputs, _ = pipe.model.begin_update(docs)
+    n = outputs.logits.shape[0] // 2
+    assert outputs.n_views == 2 and n == outputs.spans.data.shape[0]
+    assert not numpy.allclose(outputs.logits[:n], outputs.logits[n:])
+
+
+TABLE3 = {
+    "full": {},
+    "w/o proto": {"prototypes": False},
+    "w/o proto & cl": {"prototypes": False, "contrastive_loss": False},
+    "w/o reg": {"consistency_loss": False},
+    "fixed margin": {"margin": "fixed"},
+    "proto w/o cl": {"contrastive_loss": False, "prototype_space": "representation"},
+    "vanilla self-training": {"prototypes": False, "contrastive_loss": False, "consistency_loss": False},
+}
+
+
+@pytest.mark.parametrize("ablation", list(TABLE3))
+def test_table3_ablations_train(ablation, tiny_encoder, synthetic_corpus, target_corpus):
+    switches = {f"components.span_contproto.contproto.{k}": v for k, v in TABLE3[ablation].items()}
+    switches["components.span_contproto.contproto.warmup_epochs"] = 0
+    # span vectors 2 * 32 + 16 = 80 wide, so the two prototype spaces differ in width
+    switches["components.span_contproto.model.width_embedding_width"] = 16
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"], **switches)
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    pipe = nlp.get_pipe("span_contproto")
+    ids = pipe.state.store.ids()
+    teacher_labels = pipe.state.store.gather(ids)
+    history = train_steps(nlp, examples, optimizer, epochs=1, steps_per_epoch=2)
+    settings = pipe.settings
+    expected_terms = {"src", "tgt"} | ({"cont"} if settings.contrastive_loss else set()) | (
+        {"reg"} if settings.consistency_loss else set())
+    assert {k.split(":")[1] for k in history[-1] if ":" in k} == expected_terms
+    assert all(math.isfinite(v) for v in history[-1].values())
+    refined = not numpy.array_equal(pipe.state.store.gather(ids), teacher_labels)
+    assert refined == settings.prototypes
+    width = pipe.state.memory.prototypes.shape[1]
+    assert (width == 128) == (settings.prototype_space == "projection")
+
+
+def test_unknown_pseudo_label_classes_are_a_clear_error(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
+    vocab = spacy.blank("xx").vocab
+    docs = list(DocBin(store_user_data=True).from_disk(target_corpus["pseudo_labelled"]).get_docs(vocab))
+    for doc in docs:
+        doc_id, probs, classes, max_len = decode_payload(doc.user_data[PAYLOAD_KEY])
+        doc.user_data[PAYLOAD_KEY] = encode_payload(doc_id, probs, ["O", "PER", "ORG", "LOC", "DATE"], max_len)
+    bad = tmp_path / "bad.spacy"
+    DocBin(docs=docs, store_user_data=True).to_disk(bad)
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, bad)
+    with pytest.raises(ValueError, match=r"classes the component does not know: \['DATE'\]"):
+        initialize(nlp, synthetic_corpus, bad)
+
+
+def test_prototypes_and_margins_saved_with_component(tiny_encoder, synthetic_corpus, target_corpus, tmp_path):
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"])
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    train_steps(nlp, examples, optimizer, epochs=2, steps_per_epoch=2)
+    state = nlp.get_pipe("span_contproto").state
+    nlp.to_disk(tmp_path / "saved")
+    loaded = spacy.load(tmp_path / "saved").get_pipe("span_contproto").state
+    assert torch.equal(loaded.memory.prototypes, state.memory.prototypes)
+    assert torch.equal(loaded.memory.margins, state.memory.margins)
+    pipe_bytes = nlp.get_pipe("span_contproto").to_bytes()
+    fresh = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"])
+    restored = fresh.get_pipe("span_contproto").from_bytes(pipe_bytes).state
+    assert torch.equal(restored.memory.prototypes, state.memory.prototypes)
+
+
+def test_spacy_train_with_contproto_config(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
+    log, quality, store = tmp_path / "log.jsonl", tmp_path / "quality.jsonl", tmp_path / "store"
+    cmd = [
+        sys.executable, "-m", "spacy", "train", str(CONFIGS / "contproto_cpu.cfg"), "--output", str(tmp_path / "out"),
+        "--paths.train", str(synthetic_corpus["train"]), "--paths.dev", str(synthetic_corpus["dev"]),
+        "--paths.target", str(target_corpus["pseudo_labelled"]), "--paths.encoder", str(tiny_encoder),
+        "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
+        "--training.logger.output_file", str(log), "--training.max_epochs", "3",
+        "--training.eval_frequency", "4", "--training.optimizer.learn_rate.initial_rate", "0.001",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header = next(line for line in result.stdout.splitlines() if "LOSS SPAN_CONTPROTO:SRC" in line)
+    for term in ("TGT", "CONT", "REG"):
+        assert f"LOSS SPAN_CONTPROTO:{term}" in header
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) >= 3
+    for record in records:
+        assert set(record["losses"]) == {
+            "transformer", "span_contproto", "span_contproto:src", "span_contproto:tgt",
+            "span_contproto:cont", "span_contproto:reg",
+        }
+        assert all(math.isfinite(v) for v in record["losses"].values())
+    assert all(record["losses"]["span_contproto:cont"] > 0 for record in records[1:])
+    rows = [json.loads(line) for line in quality.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # teacher labels, then after each epoch
+    assert all(0 <= r["f1"] <= 1 for r in rows)
+    from spacy_contproto.pseudo_labels import PseudoLabelStore
+
+    reopened = PseudoLabelStore.open(store)
+    assert len(reopened) == 60
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    assert nlp.get_pipe("span_contproto").state is not None
