@@ -59,19 +59,43 @@ class SpanHead(nn.Module):
             nn.Linear(self.span_width, projection_width),
         )
 
+    def _boundary_features(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per token: the part a span starting there uses, and the part a span ending there uses."""
+        if self.token_features == "first_last":
+            half = self.boundary_width
+            return tokens[:, :half], tokens[:, half:]
+        return tokens, tokens
+
     def span_representations(
         self, tokens: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor
     ) -> torch.Tensor:
         """z for spans [starts, ends) over the flat token matrix."""
-        half = self.boundary_width
-        if self.token_features == "first_last":
-            h_start = tokens[starts, :half]
-            h_end = tokens[ends - 1, half:]
-        else:
-            h_start = tokens[starts]
-            h_end = tokens[ends - 1]
+        start_part, end_part = self._boundary_features(tokens)
         widths = self.width_embedding(ends - starts - 1)
-        return torch.cat([h_start, h_end, widths], dim=1)
+        return torch.cat(
+            [start_part.index_select(0, starts), end_part.index_select(0, ends - 1), widths], dim=1
+        )
+
+    def _first_layers(
+        self, tokens: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, linears: Tuple[nn.Linear, ...]
+    ) -> torch.Tensor:
+        """linear(z) for several Linear layers on z, computed per token instead of per span:
+        W z = W_start h_start + W_end h_end + W_width l_width, and a token starts or ends
+        up to max_span_length spans. Same parameters, same result as the concatenation."""
+        half = self.boundary_width
+        weight = torch.cat([linear.weight for linear in linears], dim=0)
+        bias = torch.cat([linear.bias for linear in linears], dim=0)
+        start_part, end_part = self._boundary_features(tokens)
+        by_start = start_part @ weight[:, :half].T
+        by_end = end_part @ weight[:, half : 2 * half].T
+        by_width = self.width_embedding.weight @ weight[:, 2 * half :].T
+        # index_select: its backward (index_add) is deterministic on CPU, unlike x[idx]'s
+        return (
+            by_start.index_select(0, starts)
+            + by_end.index_select(0, ends - 1)
+            + by_width.index_select(0, ends - starts - 1)
+            + bias
+        )
 
     def forward(
         self,
@@ -83,8 +107,11 @@ class SpanHead(nn.Module):
         """Returns (logits, z) or (logits, z, projected and L2-normalised z)."""
         tokens = self.feature_dropout(tokens)
         z = self.span_representations(tokens, starts, ends)
-        logits = self.classifier(z)
+        first = [self.classifier[0]] + ([self.projection[0]] if with_projection else [])
+        hidden = self._first_layers(tokens, starts, ends, tuple(first))
+        n_class_hidden = self.classifier[0].out_features
+        logits = self.classifier[1:](hidden[:, :n_class_hidden])
         if not with_projection:
             return logits, z
-        projected = F.normalize(self.projection(z), dim=-1)
+        projected = F.normalize(self.projection[1:](hidden[:, n_class_hidden:]), dim=-1)
         return logits, z, projected

@@ -1,6 +1,7 @@
 import numpy
 import pytest
 import torch
+from torch.nn import functional as F
 from thinc.api import Ragged
 
 from spacy_contproto.model import first_last_pooling
@@ -58,3 +59,17 @@ def test_span_head_rejects_odd_first_last_width():
         make_head("first_last", n_in=7)
     with pytest.raises(ValueError, match="token_features"):
         make_head("middle")
+
+
+@pytest.mark.parametrize("mode", ["first_last", "pooled"])
+def test_per_token_first_layers_equal_the_concatenated_span_vector(mode):
+    head = make_head(mode)
+    head.eval()
+    tokens = torch.randn(7, 8, dtype=torch.float32)
+    starts = torch.tensor([0, 0, 2, 3, 6])
+    ends = torch.tensor([1, 4, 5, 4, 7])
+    logits, z, projected = head(tokens, starts, ends)
+    expected_logits = head.classifier(z)
+    expected_projected = F.normalize(head.projection(z), dim=-1)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    assert torch.allclose(projected, expected_projected, atol=1e-5)
