@@ -94,8 +94,8 @@ class SelfTrainingCorpus:
 
 @registry.readers("spacy_contproto.SelfTrainingCorpus.v1")
 def create_self_training_corpus(
-    source: Path,
-    target: Path,
+    source: Optional[Path],
+    target: Optional[Path],
     target_per_source: float = 1.0,
     max_length: int = 0,
     limit: int = 0,
@@ -103,6 +103,12 @@ def create_self_training_corpus(
 ) -> Callable[[Language], Iterable[Example]]:
     """Training corpus for ContProto: labelled source Docs (.spacy) mixed with
     pseudo-labelled target Docs (.spacy written by the pseudo-label command)."""
+    for name, value in (("source", source), ("target", target)):
+        if value is None:
+            raise ValueError(
+                f"spacy_contproto.SelfTrainingCorpus.v1 needs a {name} corpus: set "
+                f"[paths] {'train' if name == 'source' else 'target'} (e.g. --paths.{'train' if name == 'source' else 'target'} FILE.spacy)"
+            )
     return SelfTrainingCorpus(
         source, target, target_per_source=target_per_source, max_length=max_length,
         limit=limit, target_limit=target_limit,

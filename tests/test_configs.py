@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import pytest
+import spacy
+
+from .conftest import CONFIGS
+
+
+@pytest.mark.parametrize("name", ["teacher_cpu.cfg", "contproto_cpu.cfg", "contproto_gpu.cfg"])
+def test_configs_build_pipelines(name, tiny_encoder):
+    config = spacy.util.load_config(CONFIGS / name, overrides={"paths.encoder": str(tiny_encoder)})
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.pipe_names == ["transformer", "span_contproto"]
+    pipe = nlp.get_pipe("span_contproto")
+    assert pipe.max_span_length == 4 and pipe.cfg["neg_span_weight"] == 0.5
+    if name == "teacher_cpu.cfg":
+        assert pipe.loss_names == ["span_contproto", "span_contproto:src"]
+    else:
+        s = pipe.settings
+        assert (s.temperature, s.prototype_alpha, s.beta, s.warmup_epochs) == (0.07, 0.99, 0.95, 1)
+        assert len(pipe.loss_names) == 5
+
+
+def test_gpu_config_is_the_paper_setting():
+    config = spacy.util.load_config(CONFIGS / "contproto_gpu.cfg")
+    assert config["paths"]["encoder"] == "xlm-roberta-large"
+    assert config["system"]["gpu_allocator"] == "pytorch"
+    assert config["components"]["transformer"]["model"]["mixed_precision"] is True
+    assert config["components"]["span_contproto"]["model"]["mixed_precision"] is True
+    assert config["training"]["optimizer"]["learn_rate"]["initial_rate"] == 1e-5
+
+
+def test_contproto_training_without_target_is_a_clear_error(tmp_path, tiny_encoder, synthetic_corpus):
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(CONFIGS / "contproto_cpu.cfg"),
+         "--paths.train", str(synthetic_corpus["train"]), "--paths.dev", str(synthetic_corpus["dev"]),
+         "--paths.encoder", str(tiny_encoder)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "needs a target corpus" in result.stdout + result.stderr
