@@ -70,6 +70,59 @@ def convert_encoder_command(
         msg.fail(str(err), exits=1)
 
 
+@contproto_app.command("convert-corpus")
+def convert_corpus_command(
+    input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CoNLL/TSV NER file"),
+    output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file"),
+    lang: str = typer.Option("xx", help="spaCy language code of the vocab"),
+    unlabelled: bool = typer.Option(
+        False, "--unlabelled", help="Target-language data: no entity annotation (unless --keep-gold)"
+    ),
+    keep_gold: bool = typer.Option(
+        False, "--keep-gold/--no-keep-gold",
+        help="With --unlabelled: keep the gold doc.ents (the self-training reader moves them "
+        "aside for pseudo-label quality only)",
+    ),
+    encoding: Optional[str] = typer.Option(None, help="Input encoding (default: UTF-8, else Latin-1)"),
+    scheme: Optional[str] = typer.Option(None, help="Tag scheme: iob1, iob2 or bioes (default: detect)"),
+) -> None:
+    """Convert a CoNLL/TSV NER file (2-5 columns, tag last, -DOCSTART- lines, blank lines
+    between sentences) into a .spacy file of one Doc per sentence
+    (see spacy_contproto/corpus.py)."""
+    import warnings
+
+    from wasabi import msg
+
+    from .corpus import ConllWarning, convert_file
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConllWarning)  # reported below from the stats
+            stats = convert_file(
+                input_path, output_path, lang=lang, unlabelled=unlabelled, keep_gold=keep_gold,
+                encoding=encoding, scheme=scheme,
+            )
+    except (OSError, ValueError) as err:
+        msg.fail(str(err), exits=1)
+    if stats.stray_i:
+        msg.warn(stats.stray_i_message())
+    if unlabelled:
+        written = "gold entities kept" if keep_gold else "no entity annotation"
+    else:
+        written = "entities"
+        if keep_gold:
+            msg.info("--keep-gold only matters with --unlabelled: labelled Docs always keep their entities")
+    per_label = ", ".join(f"{label} {n}" for label, n in sorted(stats.entities.items())) or "none"
+    msg.info(
+        f"{input_path}: encoding {stats.encoding}, scheme {stats.scheme}, {stats.documents} "
+        f"-DOCSTART- line(s), columns {dict(sorted(stats.columns.items()))}"
+    )
+    msg.info(f"Entities in the file: {stats.n_entities} ({per_label})")
+    msg.good(
+        f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
+    )
+
+
 def _register_with_spacy_cli() -> None:
     """Make the commands available as `spacy contproto ...` (spaCy imports the
     spacy_cli entry points at start-up)."""

@@ -1,0 +1,401 @@
+"""CoNLL / TSV NER files -> spaCy ``.spacy`` files (one Doc per sentence).
+
+The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, WikiANN):
+
+- one token per line, 2 to 5 columns separated by runs of spaces and/or tabs; the word is
+  the FIRST column and the NER tag the LAST (columns in between, e.g. POS, chunk or lemma,
+  are ignored). Only ASCII space and tab separate columns: other Unicode whitespace (no-break
+  space, U+3000, ...) is part of a token. Lines end in ``\\n`` or ``\\r\\n``; no other
+  character ends a line (so a Latin-1 byte 0x85 or a U+2028 inside a token is harmless).
+- sentences are separated by blank lines (any number of them, also at the start and end).
+- ``-DOCSTART-`` lines (first column ``-DOCSTART-``) are document markers: they are counted
+  (``ConllStats.documents``), never a sentence, and they end a sentence left open.
+- encoding: UTF-8 (a byte-order mark is dropped) or, when the bytes are not valid UTF-8,
+  Latin-1; or the ``encoding`` you name.
+- tag schemes: IOB2 (every entity starts with ``B-``), IOB1 (``I-`` starts an entity; ``B-``
+  only separates two adjacent entities of one type), and BIOES / BILOU (``S-``/``U-`` single,
+  ``E-``/``L-`` last token), detected per file or named with ``scheme``.
+
+Decoding IOB1 and IOB2 is one rule: an entity starts at ``B-X`` and at an ``I-X`` whose
+previous token is not ``B-X``/``I-X`` (i.e. after ``O``, after another type, or at the start
+of a sentence) -- spaCy's ``iob_to_biluo`` does exactly this. The scheme only decides what
+such an ``I-X`` *means*: in IOB1 it is the normal start of an entity; in IOB2 it is a
+"stray ``I-``" (an annotation error, e.g. one per split of CoNLL-2002 Spanish, and WikiANN zh's
+``#`` token tagged ``O`` inside entities), read as ``B-X`` and reported with its line number
+in ``ConllStats.stray_i_lines`` and a ``ConllWarning``. Auto-detection: BIOES when a tag has an
+``E-``/``S-``/``L-``/``U-`` prefix; else IOB1 when more entities start with ``I-`` than with a
+``B-`` that follows no same-type tag, else IOB2 (so a file without entities is IOB2). BIOES
+input is checked strictly (``B-X`` must be followed by ``I-X``/``E-X``, etc.).
+
+Refused with a ``ValueError`` that names ``file:line``:
+
+- a tag that is not ``O`` or ``<B|I|E|S|L|U>-<label>`` (``X-PER``, ``B-``, ``PER``, ``o``);
+- a line with one column (no tag) or more than ``max_columns`` (5);
+- a *ragged* sentence: a line with another number of columns than its sentence's first line.
+  The tag is last, so such a line could be read, but in practice it means a token holding a
+  space (``New York B-LOC`` read as word ``New``) or a broken line, and the word would be
+  silently wrong. Different sentences may have different numbers of columns (e.g. two files
+  concatenated); ``ConllStats.columns`` counts lines per number of columns;
+- with an explicit ``scheme="iob1"|"iob2"``, a BIOES prefix; with BIOES, an ill-formed sequence.
+
+Docs (``conll_to_docs``): one Doc per sentence, the file's words, a space after every token
+but the last. Sentence starts are set explicitly, ``True`` on token 0 and ``False`` on the
+rest (as spaCy's own ``spacy convert`` does for CoNLL NER), so ``doc.sents`` is the one
+sentence and ``doc.has_annotation("SENT_START")`` holds without a parser.
+
+Entities, three cases:
+
+- labelled (``unlabelled=False``, source-language data): ``doc.ents`` from the tags, every
+  other token explicitly outside (``ent_iob_ == "O"``), so a sentence without entities is
+  gold "no entity here".
+- ``unlabelled=True, keep_gold=False`` (the paper's protocol: target train with its labels
+  removed): Docs with NO entity annotation at all (``doc.has_annotation("ENT_IOB")`` is
+  False; every ``ent_iob_`` is ``""``). The tags are still read and checked, and counted in
+  the stats, but not written.
+- ``unlabelled=True, keep_gold=True``: the Docs keep the gold ``doc.ents`` (the file is the
+  same as a labelled one). Use it for the target Docs of ContProto training: the reader
+  ``spacy_contproto.SelfTrainingCorpus.v1`` gives target Docs a reference WITHOUT entity
+  annotation and moves any gold entities aside, used only to log pseudo-label quality
+  (``[paths] quality_log``). Do not use such a file as a labelled corpus (``spacy.Corpus.v1``)
+  unless you mean to train on target gold.
+
+``convert_file`` writes ``DocBin(store_user_data=True)`` and returns the ``ConllStats``.
+"""
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+from spacy.tokens import Doc, DocBin
+from spacy.training.iob_utils import biluo_tags_to_spans, biluo_to_iob, iob_to_biluo
+from spacy.vocab import Vocab
+
+DOCSTART = "-DOCSTART-"
+SCHEMES = ("iob1", "iob2", "bioes")
+SCHEME_ALIASES = {"iob": "iob2", "bio": "iob2", "bilou": "bioes", "iobes": "bioes"}
+MAX_COLUMNS = 5
+_TAG = re.compile(r"^([BIESLU])-(\S+)$")
+_SEPARATOR = re.compile(r"[ \t]+")
+# BIOES/BILOU prefixes in spaCy's BILUO spelling
+_TO_BILUO = {"B": "B", "I": "I", "E": "L", "L": "L", "S": "U", "U": "U"}
+
+
+class ConllWarning(UserWarning):
+    """Something in a CoNLL file that was read, but worth knowing (stray I- tags)."""
+
+
+@dataclass
+class ConllStats:
+    """What ``read_conll`` found in a file."""
+
+    path: str = ""
+    encoding: str = ""
+    scheme: str = ""
+    sentences: int = 0
+    tokens: int = 0
+    documents: int = 0  # -DOCSTART- lines
+    columns: Counter = field(default_factory=Counter)  # number of columns -> token lines
+    entities: Counter = field(default_factory=Counter)  # label -> entities (in the file)
+    stray_i_lines: List[int] = field(default_factory=list)  # IOB2 I-X read as B-X
+
+    @property
+    def n_entities(self) -> int:
+        return sum(self.entities.values())
+
+    @property
+    def stray_i(self) -> int:
+        return len(self.stray_i_lines)
+
+    def stray_i_message(self, max_lines: int = 10) -> str:
+        lines = ", ".join(str(n) for n in self.stray_i_lines[:max_lines])
+        more = f" (and {self.stray_i - max_lines} more)" if self.stray_i > max_lines else ""
+        return (
+            f"{self.path}: {self.stray_i} stray I- tag(s) with no B-/I- of the same type "
+            f"before them (scheme {self.scheme}), read as B-: line(s) {lines}{more}"
+        )
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "path": self.path,
+            "encoding": self.encoding,
+            "scheme": self.scheme,
+            "sentences": self.sentences,
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "columns": dict(sorted(self.columns.items())),
+            "entities": dict(sorted(self.entities.items())),
+            "n_entities": self.n_entities,
+            "stray_i": self.stray_i,
+            "stray_i_lines": list(self.stray_i_lines),
+        }
+
+
+# A sentence while parsing: (words, raw tags, line number of each token)
+_RawSentence = Tuple[List[str], List[str], List[int]]
+
+
+def _decode(data: bytes, path: str, encoding: Optional[str]) -> Tuple[str, str]:
+    if encoding is not None:
+        try:
+            return data.decode(encoding), encoding
+        except LookupError:
+            raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not valid {encoding} ({err.reason})") from None
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def _normalise_scheme(scheme: Optional[str]) -> Optional[str]:
+    if scheme is None:
+        return None
+    name = SCHEME_ALIASES.get(scheme.lower(), scheme.lower())
+    if name not in SCHEMES:
+        raise ValueError(
+            f"unknown tag scheme {scheme!r}: use one of {', '.join(SCHEMES)} (or leave it unset)"
+        )
+    return name
+
+
+def _split_sentences(text: str, path: str, max_columns: int, stats: ConllStats) -> List[_RawSentence]:
+    sentences: List[_RawSentence] = []
+    words: List[str] = []
+    tags: List[str] = []
+    lines: List[int] = []
+    first_columns = (0, 0)  # (number of columns, line) of the sentence's first line
+
+    def close() -> None:
+        nonlocal words, tags, lines
+        if words:
+            sentences.append((words, tags, lines))
+        words, tags, lines = [], [], []
+
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r").strip(" \t")
+        if not line:
+            close()
+            continue
+        columns = _SEPARATOR.split(line)
+        if columns[0] == DOCSTART:
+            close()
+            stats.documents += 1
+            continue
+        if len(columns) < 2:
+            raise ValueError(
+                f"{path}:{number}: one column ({line!r}): expected 2 to {max_columns} columns, "
+                "the word first and the NER tag last"
+            )
+        if len(columns) > max_columns:
+            raise ValueError(
+                f"{path}:{number}: {len(columns)} columns: expected 2 to {max_columns} "
+                "(the word first and the NER tag last)"
+            )
+        if not words:
+            first_columns = (len(columns), number)
+        elif len(columns) != first_columns[0]:
+            raise ValueError(
+                f"{path}:{number}: {len(columns)} columns, but this sentence's first line "
+                f"({path}:{first_columns[1]}) has {first_columns[0]} (ragged lines are refused: "
+                "a token holding a space, or a broken line?)"
+            )
+        stats.columns[len(columns)] += 1
+        words.append(columns[0])
+        tags.append(columns[-1])
+        lines.append(number)
+    close()
+    return sentences
+
+
+def _parse_tag(tag: str, path: str, line: int) -> Tuple[str, str]:
+    """("O", "") or (prefix, label); a ValueError for anything else."""
+    if tag == "O":
+        return "O", ""
+    match = _TAG.match(tag)
+    if match is None:
+        raise ValueError(
+            f"{path}:{line}: unknown NER tag {tag!r}: expected O, or B-, I- (IOB), E-, S- "
+            "(BIOES) or L-, U- (BILOU) followed by a label, e.g. B-PER"
+        )
+    return match.group(1), match.group(2)
+
+
+def _detect_scheme(parsed: List[List[Tuple[str, str]]]) -> str:
+    i_starts = b_starts = 0
+    for tags in parsed:
+        previous = ("O", "")
+        for prefix, label in tags:
+            if prefix in "ESLU":
+                return "bioes"
+            continues = previous[0] in ("B", "I") and previous[1] == label
+            if prefix == "I" and not continues:
+                i_starts += 1
+            elif prefix == "B" and not continues:
+                b_starts += 1
+            previous = (prefix, label)
+    return "iob1" if i_starts > b_starts else "iob2"
+
+
+def _iob_to_iob2(
+    tags: List[Tuple[str, str]], lines: List[int], scheme: str, path: str, stats: ConllStats
+) -> List[str]:
+    out = []
+    previous = ("O", "")
+    for (prefix, label), line in zip(tags, lines):
+        if prefix in "ESLU":
+            raise ValueError(
+                f"{path}:{line}: tag {prefix}-{label} is not {scheme.upper()}: name scheme='bioes' "
+                "or leave the scheme to be detected"
+            )
+        if prefix == "O":
+            out.append("O")
+        elif prefix == "I" and not (previous[0] in ("B", "I") and previous[1] == label):
+            if scheme == "iob2":
+                stats.stray_i_lines.append(line)
+            out.append(f"B-{label}")
+        else:
+            out.append(f"{prefix}-{label}")
+        previous = (prefix, label)
+    return out
+
+
+def _bioes_to_iob2(tags: List[Tuple[str, str]], lines: List[int], path: str) -> List[str]:
+    biluo = []
+    open_label: Optional[str] = None  # label of the entity a B-/I- left open
+    for (prefix, label), line in zip(tags, lines):
+        original = "O" if prefix == "O" else f"{prefix}-{label}"
+        tag = "O" if prefix == "O" else f"{_TO_BILUO[prefix]}-{label}"
+        action = tag[0]
+        if action in "IL" and open_label != label:
+            raise ValueError(
+                f"{path}:{line}: ill-formed BIOES: {original} without B-{label}/I-{label} before it"
+            )
+        if action in "BUO" and open_label is not None:
+            raise ValueError(
+                f"{path}:{line}: ill-formed BIOES: entity {open_label} not closed "
+                f"(E-{open_label}) before {original}"
+            )
+        open_label = label if action in "BI" else None
+        biluo.append(tag)
+    if open_label is not None:
+        raise ValueError(
+            f"{path}:{lines[-1]}: ill-formed BIOES: the sentence ends inside entity "
+            f"{open_label} (no E-{open_label})"
+        )
+    return biluo_to_iob(biluo)
+
+
+def read_conll(
+    path: Union[str, Path],
+    *,
+    encoding: Optional[str] = None,
+    scheme: Optional[str] = None,
+    max_columns: int = MAX_COLUMNS,
+    stats: Optional[ConllStats] = None,
+) -> Iterator[Tuple[List[str], List[str]]]:
+    """Yield ``(words, tags)`` per sentence of a CoNLL/TSV NER file, the tags normalised to
+    IOB2 (every entity starts with ``B-``), whatever the file's scheme. See the module
+    docstring for the format, the detection of encoding and scheme and the errors.
+
+    encoding: None to detect (strict UTF-8, else Latin-1), or a codec name.
+    scheme: None to detect, or "iob1", "iob2" ("iob", "bio"), "bioes" ("bilou", "iobes").
+    stats: a ConllStats to fill in (the file is read, checked and counted before the first
+        sentence is yielded); stray I- tags also give one ConllWarning per file.
+    """
+    path = str(path)
+    stats = stats if stats is not None else ConllStats()
+    stats.path = path
+    scheme = _normalise_scheme(scheme)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    text, stats.encoding = _decode(data, path, encoding)
+    if text.startswith("\ufeff"):  # a byte-order mark, also with an explicit encoding
+        text = text[1:]
+    raw = _split_sentences(text, path, max_columns, stats)
+    parsed = [[_parse_tag(t, path, n) for t, n in zip(tags, lines)] for _, tags, lines in raw]
+    stats.scheme = scheme or _detect_scheme(parsed)
+    sentences = []
+    for (words, _, lines), tags in zip(raw, parsed):
+        if stats.scheme == "bioes":
+            iob2 = _bioes_to_iob2(tags, lines, path)
+        else:
+            iob2 = _iob_to_iob2(tags, lines, stats.scheme, path, stats)
+        stats.entities.update(t[2:] for t in iob2 if t.startswith("B-"))
+        stats.tokens += len(words)
+        sentences.append((words, iob2))
+    stats.sentences = len(sentences)
+    if stats.stray_i_lines:
+        warnings.warn(stats.stray_i_message(), ConllWarning, stacklevel=2)
+    yield from sentences
+
+
+def sentence_to_doc(
+    vocab: Vocab, words: List[str], tags: List[str], *, unlabelled: bool = False, keep_gold: bool = False
+) -> Doc:
+    """One Doc for one sentence: spaces after all tokens but the last, explicit sentence
+    starts (token 0 only), and the entities of the IOB tags unless ``unlabelled`` and not
+    ``keep_gold`` (then no entity annotation at all)."""
+    doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
+    for i, token in enumerate(doc):
+        token.is_sent_start = i == 0
+    if not unlabelled or keep_gold:
+        doc.set_ents(biluo_tags_to_spans(doc, iob_to_biluo(tags)), default="outside")
+    return doc
+
+
+def conll_to_docs(
+    path: Union[str, Path],
+    vocab: Vocab,
+    *,
+    unlabelled: bool = False,
+    keep_gold: bool = False,
+    encoding: Optional[str] = None,
+    scheme: Optional[str] = None,
+    max_columns: int = MAX_COLUMNS,
+    stats: Optional[ConllStats] = None,
+) -> List[Doc]:
+    """The sentences of a CoNLL/TSV NER file as Docs, one per sentence (see the module
+    docstring: entities from the tags when labelled; none at all with ``unlabelled=True``,
+    the gold ``doc.ents`` kept with ``unlabelled=True, keep_gold=True``)."""
+    return [
+        sentence_to_doc(vocab, words, tags, unlabelled=unlabelled, keep_gold=keep_gold)
+        for words, tags in read_conll(
+            path, encoding=encoding, scheme=scheme, max_columns=max_columns, stats=stats
+        )
+    ]
+
+
+def convert_file(
+    input_path: Union[str, Path],
+    output_path: Union[str, Path],
+    lang: str = "xx",
+    unlabelled: bool = False,
+    keep_gold: bool = False,
+    *,
+    encoding: Optional[str] = None,
+    scheme: Optional[str] = None,
+    max_columns: int = MAX_COLUMNS,
+) -> ConllStats:
+    """Convert a CoNLL/TSV NER file to a ``.spacy`` file (``DocBin(store_user_data=True)``)
+    of one Doc per sentence; returns the ConllStats. The output folder is created."""
+    import spacy
+
+    try:
+        vocab = spacy.blank(lang).vocab
+    except ImportError as err:  # spaCy's unknown-language error
+        raise ValueError(f"unknown language {lang!r}: {err}") from None
+    stats = ConllStats()
+    docs = conll_to_docs(
+        input_path, vocab, unlabelled=unlabelled, keep_gold=keep_gold,
+        encoding=encoding, scheme=scheme, max_columns=max_columns, stats=stats,
+    )
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    DocBin(docs=docs, store_user_data=True).to_disk(output_path)
+    return stats

@@ -1,0 +1,329 @@
+"""CoNLL/TSV -> .spacy conversion (spacy_contproto/corpus.py) on small files written here."""
+import os
+import subprocess
+import sys
+import warnings
+import zlib
+
+import pytest
+import spacy
+import srsly
+from spacy.tokens import DocBin
+
+from spacy_contproto.corpus import ConllStats, ConllWarning, conll_to_docs, convert_file, read_conll
+
+VOCAB = spacy.blank("xx").vocab
+
+
+def write(tmp_path, text, name="data.conll", encoding="utf8", newline="\n"):
+    path = tmp_path / name
+    path.write_bytes(text.replace("\n", newline).encode(encoding))
+    return path
+
+
+def ents(doc):
+    return [(e.text, e.label_) for e in doc.ents]
+
+
+def sentences(n_columns, sep=" "):
+    """Two sentences with the tag in the last of n_columns columns."""
+    rows = [
+        [("Angela", "B-PER"), ("Merkel", "I-PER"), ("visited", "O"), ("New", "B-LOC"), ("York", "I-LOC"), (".", "O")],
+        [("The", "O"), ("United", "B-ORG"), ("Nations", "I-ORG"), ("met", "O")],
+    ]
+    filler = ["NNP", "B-NP", "lemma"][: n_columns - 2]
+    return "\n\n".join(
+        "\n".join(sep.join([word, *filler, tag]) for word, tag in sent) for sent in rows
+    ) + "\n"
+
+
+EXPECTED = [
+    [("Angela Merkel", "PER"), ("New York", "LOC")],
+    [("United Nations", "ORG")],
+]
+
+
+@pytest.mark.parametrize("n_columns", [2, 3, 4, 5])
+@pytest.mark.parametrize("sep", [" ", "\t", " \t  "])
+def test_columns_and_separators(tmp_path, n_columns, sep):
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, sentences(n_columns, sep)), VOCAB, stats=stats)
+    assert [ents(doc) for doc in docs] == EXPECTED
+    assert docs[0].text == "Angela Merkel visited New York ."
+    assert stats.sentences == 2 and stats.tokens == 10
+    assert stats.columns == {n_columns: 10}
+    assert stats.entities == {"PER": 1, "LOC": 1, "ORG": 1}
+    assert (stats.encoding, stats.scheme, stats.stray_i) == ("utf-8", "iob2", 0)
+
+
+def test_entity_offsets_and_doc_layout(tmp_path):
+    docs = conll_to_docs(write(tmp_path, sentences(2)), VOCAB)
+    doc = docs[0]
+    assert [t.whitespace_ for t in doc] == [" "] * 5 + [""]
+    for ent in doc.ents:
+        assert doc.text[ent.start_char : ent.end_char] == ent.text
+    assert [(e.start, e.end, e.start_char, e.end_char) for e in doc.ents] == [(0, 2, 0, 13), (3, 5, 22, 30)]
+    assert [t.ent_iob_ for t in doc] == ["B", "I", "O", "B", "I", "O"]
+    # one sentence per Doc, sentence starts set explicitly
+    assert [t.is_sent_start for t in doc] == [True] + [False] * 5
+    assert doc.has_annotation("SENT_START") and len(list(doc.sents)) == 1
+
+
+def test_docstart_crlf_blank_lines(tmp_path):
+    text = (
+        "\n\n-DOCSTART- -X- O\n\n\n"
+        "EU NNP B-ORG\nrejects VBZ O\n\n\n\n"
+        "-DOCSTART- -X- O\n"
+        "Peter NNP B-PER\n\n"
+        "-DOCSTART- -X- O\n\n"
+        "Blackburn NNP B-PER\n"  # no blank line before -DOCSTART-: it ends the sentence
+        "-DOCSTART- -X- O\n"
+        "BRUSSELS NNP B-LOC\n\n\n\n"
+    )
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, text, newline="\r\n"), VOCAB, stats=stats)
+    assert [doc.text for doc in docs] == ["EU rejects", "Peter", "Blackburn", "BRUSSELS"]
+    assert [ents(doc) for doc in docs] == [[("EU", "ORG")], [("Peter", "PER")], [("Blackburn", "PER")], [("BRUSSELS", "LOC")]]
+    assert stats.documents == 4 and stats.sentences == 4
+    assert all("\r" not in t.text for doc in docs for t in doc)
+
+
+def test_latin1_detected_and_explicit(tmp_path):
+    text = "Müller B-PER\nließ O\nGrüße O\n"
+    path = write(tmp_path, text, encoding="latin-1")
+    stats = ConllStats()
+    docs = conll_to_docs(path, VOCAB, stats=stats)
+    assert docs[0].text == "Müller ließ Grüße" and ents(docs[0]) == [("Müller", "PER")]
+    assert stats.encoding == "latin-1"
+    # UTF-8 is tried first (strictly)
+    stats = ConllStats()
+    assert conll_to_docs(write(tmp_path, text, "u.conll"), VOCAB, stats=stats)[0].text == "Müller ließ Grüße"
+    assert stats.encoding == "utf-8"
+    # an explicit encoding is used as given
+    assert conll_to_docs(path, VOCAB, encoding="iso-8859-1")[0][0].text == "Müller"
+    with pytest.raises(ValueError, match=r"data\.conll:1: not valid utf-8"):
+        conll_to_docs(path, VOCAB, encoding="utf-8")
+
+
+def test_utf8_bom_and_unicode_whitespace_in_tokens(tmp_path):
+    # only ASCII space/tab separate columns; U+0085/U+2028 inside a token do not end a line
+    text = "\ufeffa\u00a0b\tB-LOC\nx\u2028y\tO\nz\u0085\tO\n"
+    stats = ConllStats()
+    (doc,) = conll_to_docs(write(tmp_path, text), VOCAB, stats=stats)
+    assert [t.text for t in doc] == ["a\u00a0b", "x\u2028y", "z\u0085"]
+    assert stats.encoding == "utf-8" and stats.columns == {2: 3}
+    assert conll_to_docs(write(tmp_path, text), VOCAB, encoding="utf-8")[0][0].text == "a\u00a0b"
+
+
+IOB1 = (
+    "-DOCSTART- -X- -X- -X- O\n\n"
+    "Gro\u00dfer Gro\u00dfe NN I-NC O\n"
+    "Peter Peter NE I-NC I-PER\nM\u00fcller M\u00fcller NE I-NC I-PER\n"
+    "Hans Hans NE I-NC B-PER\n"  # B-: a second PER right after the first
+    "und und KON O O\nBerlin Berlin NE I-NC I-LOC\nFC FC NE I-NC I-ORG\n"  # type change starts an entity
+    ". . $. O O\n"
+)
+
+
+def test_iob1_detected(tmp_path):
+    stats = ConllStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConllWarning)  # IOB1 I- starts are not stray
+        docs = conll_to_docs(write(tmp_path, IOB1, encoding="latin-1"), VOCAB, stats=stats)
+    assert ents(docs[0]) == [("Peter Müller", "PER"), ("Hans", "PER"), ("Berlin", "LOC"), ("FC", "ORG")]
+    assert (stats.scheme, stats.encoding, stats.stray_i) == ("iob1", "latin-1", 0)
+    assert stats.columns == {5: 8} and stats.entities == {"PER": 2, "LOC": 1, "ORG": 1}
+    # normalised to IOB2 by read_conll
+    (words, tags), = read_conll(write(tmp_path, IOB1, "b.conll"))
+    assert tags == ["O", "B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-ORG", "O"]
+
+
+def test_iob2_stray_i(tmp_path):
+    text = (
+        "Sao B-LOC\nPaulo I-LOC\n\n"
+        "el O\nReal I-ORG\nMadrid I-ORG\n\n"  # stray I- after O (line 5)
+        "# O\nLi I-PER\n\n"  # ... and another (line 9)
+        "Ana B-PER\nen O\n"
+    )
+    path = write(tmp_path, text)
+    stats = ConllStats()
+    with pytest.warns(ConllWarning, match=r"data\.conll: 2 stray I- tag.*line\(s\) 5, 9"):
+        docs = conll_to_docs(path, VOCAB, stats=stats)
+    assert [ents(d) for d in docs] == [[("Sao Paulo", "LOC")], [("Real Madrid", "ORG")], [("Li", "PER")], [("Ana", "PER")]]
+    assert stats.scheme == "iob2" and stats.stray_i_lines == [5, 9]
+    # the same file read as IOB1: no strays, same entities
+    stats = ConllStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConllWarning)
+        docs = conll_to_docs(path, VOCAB, scheme="iob1", stats=stats)
+    assert stats.stray_i == 0 and [len(d.ents) for d in docs] == [1, 1, 1, 1]
+    # an explicit IOB2 on an IOB1 file counts every I- start
+    stats = ConllStats()
+    with pytest.warns(ConllWarning):
+        conll_to_docs(write(tmp_path, IOB1, "b.conll"), VOCAB, scheme="iob2", stats=stats)
+    assert stats.stray_i_lines == [4, 8, 9]
+
+
+def test_i_of_other_type_starts_entity(tmp_path):
+    with pytest.warns(ConllWarning, match=r"line\(s\) 2$"):  # IOB2: the I-LOC is stray
+        docs = conll_to_docs(write(tmp_path, "a B-PER\nb I-LOC\nc I-LOC\nd B-LOC\n"), VOCAB)
+    assert ents(docs[0]) == [("a", "PER"), ("b c", "LOC"), ("d", "LOC")]
+
+
+def test_bioes_and_bilou(tmp_path):
+    bioes = "New B-LOC\nYork E-LOC\nand O\nAna S-PER\nde B-ORG\nla I-ORG\nX E-ORG\n"
+    stats = ConllStats()
+    (doc,) = conll_to_docs(write(tmp_path, bioes), VOCAB, stats=stats)
+    assert ents(doc) == [("New York", "LOC"), ("Ana", "PER"), ("de la X", "ORG")]
+    assert stats.scheme == "bioes"
+    bilou = bioes.replace("E-", "L-").replace("S-", "U-")
+    (doc,) = conll_to_docs(write(tmp_path, bilou, "b.conll"), VOCAB, scheme="bilou")
+    assert ents(doc) == [("New York", "LOC"), ("Ana", "PER"), ("de la X", "ORG")]
+    with pytest.raises(ValueError, match=r"data\.conll:2: tag E-LOC is not IOB2"):
+        conll_to_docs(write(tmp_path, bioes), VOCAB, scheme="iob2")
+    with pytest.raises(ValueError, match=r"c\.conll:2: ill-formed BIOES.*not closed"):
+        conll_to_docs(write(tmp_path, "New B-LOC\nand O\n", "c.conll"), VOCAB, scheme="bioes")
+    with pytest.raises(ValueError, match=r"d\.conll:2: ill-formed BIOES.*E-PER without"):
+        conll_to_docs(write(tmp_path, "x S-LOC\nz E-PER\n", "d.conll"), VOCAB)
+    with pytest.raises(ValueError, match=r"e\.conll:1: ill-formed BIOES: the sentence ends"):
+        conll_to_docs(write(tmp_path, "x B-LOC\n\ny S-PER\n", "e.conll"), VOCAB)
+
+
+@pytest.mark.parametrize(
+    "text,line,match",
+    [
+        ("a O\nb X-PER\n", 2, "unknown NER tag 'X-PER'"),
+        ("a O\n\nb B-\n", 3, "unknown NER tag 'B-'"),
+        ("a PER\n", 1, "unknown NER tag 'PER'"),
+        ("a o\n", 1, "unknown NER tag 'o'"),
+        ("a NN B-NP O\nb NN O\n", 2, r"3 columns, but this sentence's first line \(.*data\.conll:1\) has 4"),
+        ("a NN O\n\nb O\nNew York B-LOC\n", 4, "3 columns, but this sentence's first line"),
+        ("a O\nlonely\n", 2, "one column"),
+        ("a 1 2 3 4 5 O\n", 1, "7 columns: expected 2 to 5"),
+    ],
+)
+def test_malformed_input_refused_with_file_and_line(tmp_path, text, line, match):
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=match) as err:
+        conll_to_docs(path, VOCAB)
+    assert f"{path}:{line}:" in str(err.value)
+
+
+def test_other_errors(tmp_path):
+    path = write(tmp_path, "a O\n")
+    with pytest.raises(ValueError, match="unknown tag scheme 'iob3'"):
+        conll_to_docs(path, VOCAB, scheme="iob3")
+    with pytest.raises(ValueError, match="unknown encoding"):
+        conll_to_docs(path, VOCAB, encoding="no-such-codec")
+    with pytest.raises(ValueError, match="cannot read .*missing.conll"):
+        conll_to_docs(tmp_path / "missing.conll", VOCAB)
+
+
+def test_ragged_between_sentences_is_tolerated(tmp_path):
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, "a NN B-PER\nb NN O\n\nc B-LOC\n"), VOCAB, stats=stats)
+    assert [ents(d) for d in docs] == [[("a", "PER")], [("c", "LOC")]]
+    assert stats.columns == {3: 2, 2: 1}
+
+
+def test_empty_file(tmp_path):
+    stats = ConllStats()
+    assert conll_to_docs(write(tmp_path, "\n\n-DOCSTART- O\n\n"), VOCAB, stats=stats) == []
+    assert (stats.sentences, stats.documents, stats.scheme) == (0, 1, "iob2")
+
+
+def test_convert_file_labelled_and_unlabelled(tmp_path):
+    path = write(tmp_path, sentences(3) + "\nno O\nentities O\n")
+    results = {}
+    for name, kwargs in {
+        "labelled": {},
+        "unlabelled": {"unlabelled": True},
+        "gold_kept": {"unlabelled": True, "keep_gold": True},
+    }.items():
+        out = tmp_path / "out" / f"{name}.spacy"
+        stats = convert_file(path, out, lang="xx", **kwargs)
+        assert stats.sentences == 3 and stats.n_entities == 3  # counted in the file either way
+        docs = list(DocBin().from_disk(out).get_docs(VOCAB))
+        assert [d.text for d in docs] == ["Angela Merkel visited New York .", "The United Nations met", "no entities"]
+        assert all(d.has_annotation("SENT_START") for d in docs)
+        results[name] = docs
+    for name in ("labelled", "gold_kept"):
+        docs = results[name]
+        assert [ents(d) for d in docs] == EXPECTED + [[]]
+        # no entity in a labelled sentence is gold "O", not missing
+        assert all(d.has_annotation("ENT_IOB") for d in docs)
+        assert [t.ent_iob_ for t in docs[2]] == ["O", "O"]
+    for doc in results["unlabelled"]:
+        assert not doc.has_annotation("ENT_IOB") and doc.ents == ()
+        assert {t.ent_iob_ for t in doc} == {""}
+
+
+def test_gold_kept_is_moved_aside_by_the_training_reader(tmp_path):
+    from spacy_contproto.component import ORACLE_KEY
+    from spacy_contproto.pseudo_labels import PAYLOAD_KEY
+    from spacy_contproto.training import target_example
+
+    path = write(tmp_path, sentences(2))
+    nlp = spacy.blank("xx")
+    for keep_gold, oracle in ((True, [(0, 2, "PER"), (3, 5, "LOC")]), (False, None)):
+        out = tmp_path / f"{keep_gold}.spacy"
+        convert_file(path, out, unlabelled=True, keep_gold=keep_gold)
+        doc = next(DocBin().from_disk(out).get_docs(nlp.vocab))
+        doc.user_data[PAYLOAD_KEY] = b""  # stands in for the pseudo labels
+        example = target_example(nlp, doc)
+        assert not example.reference.has_annotation("ENT_IOB")
+        assert example.reference.user_data.get(ORACLE_KEY) == oracle
+
+
+def test_user_data_stored(tmp_path):
+    out = tmp_path / "x.spacy"
+    convert_file(write(tmp_path, "a O\n"), out)
+    assert "user_data" in srsly.msgpack_loads(zlib.decompress(out.read_bytes()))
+
+
+class CliResult:
+    def __init__(self, result):
+        self.returncode = result.returncode
+        self.stderr = result.stderr
+        self.stdout = " ".join(result.stdout.split())  # wasabi wraps long lines
+
+
+def run_cli(*args):
+    env = {**os.environ, "ANSI_COLORS_DISABLED": "1"}
+    return CliResult(subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "convert-corpus", *map(str, args)],
+        capture_output=True, text=True, env=env,
+    ))
+
+
+def test_cli(tmp_path):
+    path = write(tmp_path, "el O\nReal I-ORG\nMadrid I-ORG\n\nAna B-PER\n", name="es.conll")
+    out = tmp_path / "sub" / "es.spacy"
+    result = run_cli(path, out, "--lang", "es")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Wrote 2 Docs" in result.stdout and "ORG 1, PER 1" in result.stdout
+    assert "1 stray I- tag" in result.stdout and "line(s) 2" in result.stdout
+    docs = list(DocBin().from_disk(out).get_docs(VOCAB))
+    assert [ents(d) for d in docs] == [[("Real Madrid", "ORG")], [("Ana", "PER")]]
+
+    result = run_cli(path, out, "--unlabelled", "--scheme", "iob1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no entity annotation" in result.stdout and "stray" not in result.stdout
+    assert not any(d.has_annotation("ENT_IOB") for d in DocBin().from_disk(out).get_docs(VOCAB))
+
+    result = run_cli(path, out, "--unlabelled", "--keep-gold", "--encoding", "latin-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gold entities kept" in result.stdout and "encoding latin-1" in result.stdout
+    assert [len(d.ents) for d in DocBin().from_disk(out).get_docs(VOCAB)] == [1, 1]
+
+
+def test_cli_errors_without_traceback(tmp_path):
+    bad = write(tmp_path, "a O\nb X-PER\n", name="bad.conll")
+    result = run_cli(bad, tmp_path / "bad.spacy")
+    assert result.returncode == 1
+    assert f"{bad}:2: unknown NER tag 'X-PER'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "bad.spacy").exists()
+    result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")
+    assert result.returncode == 1 and "unknown language 'qq'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
