@@ -27,10 +27,12 @@ def main(
     source: str = typer.Argument(..., help="Source language"),
     targets: str = typer.Argument(..., help="Target languages, comma-separated"),
     output: Path = typer.Argument(..., help="Output folder for .spacy files"),
+    demo_train: int = typer.Option(600, help="Demo corpus: train sentences per language (dev 1/4, test 1/3 of it)"),
 ) -> None:
     target_langs = [t for t in targets.split(",") if t]
     if dataset == "demo" and not (data / "demo").exists():
-        write_demo_corpus(data / "demo", langs=[source, *target_langs])
+        sizes = {"train": demo_train, "dev": max(demo_train // 4, 1), "test": max(demo_train // 3, 1)}
+        write_demo_corpus(data / "demo", langs=[source, *target_langs], sizes=sizes)
         msg.good(f"Wrote the demo corpus to {data / 'demo'}")
     jobs = [(source, "train", False), (source, "dev", False)]
     jobs += [(t, "train", True) for t in target_langs] + [(t, "test", False) for t in target_langs]

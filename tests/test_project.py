@@ -1,0 +1,82 @@
+"""The spaCy project: valid project.yml, and the whole workflow on a tiny model."""
+import json
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import srsly
+from weasel.schemas import ProjectConfigSchema, validate
+
+from .conftest import CONFIGS, REPO
+
+PROJECT = REPO / "project"
+
+
+def test_project_yml_is_valid_and_scripts_exist():
+    config = srsly.read_yaml(PROJECT / "project.yml")
+    assert validate(ProjectConfigSchema, config) == []
+    names = {c["name"] for c in config["commands"]}
+    assert config["workflows"]["all"] == [
+        "encoder", "corpus", "train-teacher", "pseudo-label", "train-contproto", "evaluate", "report", "package",
+    ]
+    assert set(config["workflows"]["all"]) <= names
+    for command in config["commands"]:
+        for line in command["script"]:
+            for word in line.split():
+                if word.startswith("scripts/"):
+                    assert (PROJECT / word).exists(), word
+
+
+@pytest.fixture(scope="module")
+def project_run(tmp_path_factory, tiny_encoder):
+    folder = tmp_path_factory.mktemp("project") / "contproto"
+    shutil.copytree(PROJECT, folder, ignore=shutil.ignore_patterns(*(PROJECT / ".gitignore").read_text().split()))
+    cmd = [
+        sys.executable, "-m", "spacy", "project", "run", "all", str(folder),
+        "--vars.encoder", str(tiny_encoder), "--vars.encoder_mode", "as-is",
+        "--vars.teacher_config", str(CONFIGS / "teacher_cpu.cfg"),
+        "--vars.student_config", str(CONFIGS / "contproto_cpu.cfg"),
+        "--vars.demo_train", "96", "--vars.teacher_epochs", "4", "--vars.student_epochs", "2",
+        "--vars.learn_rate", "0.001", "--vars.eval_frequency", "10",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return folder
+
+
+def test_workflow_all_produces_metrics_report_and_package(project_run):
+    folder = project_run
+    for system in ("teacher", "contproto"):
+        for lang in ("de", "es"):
+            metrics = json.loads((folder / "metrics" / f"{system}-{lang}.json").read_text())
+            assert metrics["ents_f"] == pytest.approx(metrics["seqeval"]["f1"])
+            assert metrics["n_docs"] == 32
+    report = (folder / "reports" / "results.md").read_text()
+    assert "| de |" in report and "| es |" in report
+    for png in ("pseudo_label_f1.png", "tsne_de.png", "tsne_es.png"):
+        assert (folder / "reports" / png).stat().st_size > 1000
+    quality = (folder / "training" / "contproto-de" / "pseudo_label_quality.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in quality] == [0, 1, 2]
+
+
+def test_packaged_wheel_installs_and_loads(project_run, tmp_path):
+    wheels = list((project_run / "packages").glob("*/dist/*.whl"))
+    assert len(wheels) == 1
+    env = tmp_path / "venv"
+    # a fresh environment; spaCy, torch and spacy-contproto come from this interpreter's site-packages
+    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env)
+    python = env / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    code = (
+        "import spacy; nlp = spacy.load('xx_contproto_demo'); "
+        "doc = nlp('Anna Berg arbeitet für Siemens in Berlin .'); "
+        "print(nlp.pipe_names, len(doc), 'contproto' in doc.spans)"
+    )
+    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['transformer', 'span_contproto'] 8 True"
