@@ -198,3 +198,18 @@ def test_initialize_without_labels_is_a_clear_error(tiny_encoder):
     docs = synthetic_docs(spacy.blank("xx").vocab, 5, seed=1, with_entities=False)
     with pytest.raises(ValueError, match="no entity labels found"):
         build_initialized(tiny_encoder, docs)
+
+
+def test_sourcing_into_another_pipeline_with_replaced_listener(trained_teacher, tmp_path):
+    trained = spacy.load(trained_teacher)
+    text = "Anna Berg works for Globex in Oslo ."
+    expected = [(e.start, e.end, e.label_) for e in trained(text).ents]
+    trained.replace_listeners("transformer", "span_contproto", ["model.tok2vec"])
+    nlp = spacy.blank("xx")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("span_contproto", source=trained)
+    assert [(e.start, e.end, e.label_) for e in nlp(text).ents] == expected
+    nlp.to_disk(tmp_path / "combined")
+    reloaded = spacy.load(tmp_path / "combined")
+    assert reloaded.pipe_names == ["sentencizer", "span_contproto"]
+    assert [(e.start, e.end, e.label_) for e in reloaded(text).ents] == expected
