@@ -4,55 +4,23 @@ Everything here is generated: a random BERT of a few layers with a WordPiece
 tokenizer trained on the fly, and template sentences with PER/ORG/LOC/MISC
 entities. No download, no research corpus.
 """
-import random
 from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple, Union
 
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
-ENTITY_NAMES = {
-    "PER": ["Anna Berg", "John Smith", "Maria Lopez", "Kofi Mensah", "Li Wei", "Olga Petrova",
-            "Peter", "Sofia", "Ahmed Hassan", "Jan de Vries", "Carlos", "Yuki Tanaka"],
-    "ORG": ["Acme Corp", "Globex", "United Nations", "Red Cross", "Nordbank", "Vetra Labs",
-            "Tandem Football Club", "Orion Media Group", "Helix", "City Council"],
-    "LOC": ["Paris", "Berlin", "Madrid", "Amsterdam", "New York", "Cairo", "Beijing", "Lagos",
-            "the Alps", "Lake Geneva", "Rio de Janeiro", "Oslo"],
-    "MISC": ["Olympics", "Nobel Prize", "World Cup", "German", "Spanish", "Eurovision",
-             "Dutch", "Tour de France", "Linux", "Arabic"],
-}
-
-TEMPLATES = [
-    "{PER} works for {ORG} in {LOC} .",
-    "{PER} visited {LOC} last year .",
-    "{ORG} opened a new office in {LOC} .",
-    "The {MISC} was held in {LOC} .",
-    "{PER} won the {MISC} .",
-    "Yesterday {PER} met {PER} at {ORG} .",
-    "{ORG} said the {MISC} will start soon .",
-    "People in {LOC} like the {MISC} .",
-    "{PER} left {ORG} and moved to {LOC} .",
-    "Nothing happened here today .",
-    "It was a quiet and rainy morning .",
-]
-
+from .demo import demo_sentences
 
 def synthetic_sentences(n: int, seed: int = 0) -> List[Tuple[List[str], List[Tuple[int, int, str]]]]:
-    """n sentences as (words, [(start, end, label), ...]) token offsets."""
-    rng = random.Random(seed)
+    """n English demo sentences as (words, [(start, end, label), ...]) token offsets."""
     sentences = []
-    for _ in range(n):
-        template = rng.choice(TEMPLATES)
-        words: List[str] = []
-        ents: List[Tuple[int, int, str]] = []
-        for piece in template.split():
-            if piece.startswith("{") and piece.endswith("}"):
-                label = piece[1:-1]
-                name = rng.choice(ENTITY_NAMES[label]).split()
-                ents.append((len(words), len(words) + len(name), label))
-                words.extend(name)
-            else:
-                words.append(piece)
+    for words, tags in demo_sentences("en", n, seed):
+        ents = [
+            (i, next((j for j in range(i + 1, len(tags)) if not tags[j].startswith("I-")), len(tags)), tag[2:])
+            for i, tag in enumerate(tags)
+            if tag.startswith("B-")
+        ]
         sentences.append((words, ents))
     return sentences
 
