@@ -7,6 +7,8 @@ sentences. Variants:
 - teacher: source cross-entropy only (spacy_contproto.Supervised.v1), source batch of 32
 - plain: vanilla self-training, one view (source CE + target soft CE): the plain span head
 - contproto: the full method, two head views on one transformer pass (listener)
+- plain_embedded / contproto_embedded: the same with an embedded transformer, where
+  ContProto's two views are two transformer passes (the paper's way)
 
 The ratio contproto / plain is the cost of the head's second view, the contrastive and
 consistency losses, prototypes, refinement and the pseudo-label store. Steps of the
@@ -40,6 +42,21 @@ VARIANTS = {
     "plain": {f"{CONTPROTO}.contrastive_loss": False, f"{CONTPROTO}.consistency_loss": False,
               f"{CONTPROTO}.prototypes": False},
     "contproto": {},
+    # the component owns its transformer: ContProto's views are two transformer passes
+    "plain_embedded": {"embedded": True, f"{CONTPROTO}.contrastive_loss": False,
+                       f"{CONTPROTO}.consistency_loss": False, f"{CONTPROTO}.prototypes": False},
+    "contproto_embedded": {"embedded": True},
+}
+EMBEDDED_TOK2VEC = {
+    "@architectures": "spacy-transformers.Tok2VecTransformer.v3",
+    "name": "${paths.encoder}",
+    "grad_factor": 1.0,
+    "mixed_precision": False,
+    "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96},
+    "pooling": {"@layers": "spacy_contproto.first_last_pooling.v1"},
+    "tokenizer_config": {"use_fast": True},
+    "transformer_config": {},
+    "grad_scaler_config": {},
 }
 
 
@@ -49,6 +66,11 @@ def build(encoder, paths, overrides):
         overrides={"paths.encoder": encoder, **{f"paths.{k}": str(v) for k, v in paths.items()}},
         interpolate=False,
     )
+    overrides = dict(overrides)
+    if overrides.pop("embedded", False):
+        config["nlp"]["pipeline"] = ["span_contproto"]
+        del config["components"]["transformer"]
+        config["components"]["span_contproto"]["model"]["tok2vec"] = dict(EMBEDDED_TOK2VEC)
     for key, value in overrides.items():
         node = config
         *parents, last = key.split(".")
@@ -124,6 +146,7 @@ def main():
         "median_seconds_per_step": median,
         "mean_words_per_batch": {n: statistics.mean(w) for n, w in words.items()},
         "ratio_contproto_over_plain": median["contproto"] / median["plain"],
+        "ratio_contproto_embedded_over_plain_embedded": median["contproto_embedded"] / median["plain_embedded"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
@@ -133,6 +156,8 @@ def main():
         "| variant | s/step | words/batch |", "|---|---|---|",
         *[f"| {n} | {median[n]:.4f} | {result['mean_words_per_batch'][n]:.0f} |" for n in VARIANTS],
         "", f"contproto / plain (same transformer passes): **{result['ratio_contproto_over_plain']:.2f}x**",
+        "", "With the component's own transformer, ContProto's two views are two transformer passes:",
+        f"contproto_embedded / plain_embedded: {result['ratio_contproto_embedded_over_plain_embedded']:.2f}x",
     ]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
