@@ -11,7 +11,7 @@ import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, torch2xp, xp2torch
-from thinc.types import Floats2d, Ints1d, Ints2d, Ragged
+from thinc.types import Floats2d, Ragged
 
 from .span_head import TOKEN_FEATURE_MODES, SpanHead
 from .spans import enumerate_spans, sentence_ids

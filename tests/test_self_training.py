@@ -7,9 +7,8 @@ import sys
 import numpy
 import pytest
 import spacy
-import srsly
 import torch
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import DocBin
 from thinc.api import fix_random_seed
 
 from spacy_contproto.component import ORACLE_KEY
