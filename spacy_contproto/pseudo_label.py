@@ -43,7 +43,7 @@ def pseudo_label_docs(
         for proc in upstream:
             work = list(proc.pipe(work)) if hasattr(proc, "pipe") else [proc(d) for d in work]
         predictions = pipe.predict(work)
-        probs = nlp.get_pipe(name).model.ops.to_numpy(predictions.probabilities)
+        probs = pipe.model.ops.to_numpy(predictions.probabilities)
         ids = stable_doc_ids([[t.text for t in doc] for doc in batch], seen)
         offset = 0
         for doc, doc_id, n_spans in zip(batch, ids, predictions.spans.lengths):
