@@ -537,6 +537,15 @@ class SpanContProto(TrainablePipe):
             )
         head = self.model.get_ref("span_head")
         if head.layers:
+            built = (head.get_dim("nO") - 1, head.get_dim("nI"))
+            saved = (len(self.labels), self.cfg.get("token_width"))
+            if built != saved:
+                raise ValueError(
+                    f"{self.name}: cannot load a component with {saved[0]} labels "
+                    f"{list(self.labels)} and token width {saved[1]} into one initialized with "
+                    f"{built[0]} labels and token width {built[1]}. Load it into a fresh, "
+                    "uninitialized pipeline (spacy.load) instead."
+                )
             return
         if not self.cfg.get("token_width") or not self.labels:
             raise ValueError(

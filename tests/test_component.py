@@ -212,3 +212,52 @@ def test_sourcing_into_another_pipeline_with_replaced_listener(trained_teacher, 
     reloaded = spacy.load(tmp_path / "combined")
     assert reloaded.pipe_names == ["sentencizer", "span_contproto"]
     assert [(e.start, e.end, e.label_) for e in reloaded(text).ents] == expected
+
+
+def test_loading_a_different_label_set_is_a_clear_error(trained_teacher, tiny_encoder):
+    saved = spacy.load(trained_teacher).get_pipe("span_contproto").to_bytes()
+    docs = synthetic_docs(spacy.blank("xx").vocab, 10, seed=5)
+    other = build_initialized(tiny_encoder, docs, **{"components.span_contproto.model.max_span_length": 4})
+    pipe = other.get_pipe("span_contproto")
+    pipe.cfg["labels"] = ["PER", "ORG"]  # pretend it was initialized with two labels
+    pipe.model.get_ref("span_head").set_dim("nO", 3, force=True)
+    with pytest.raises(ValueError, match=r"cannot load a component with 4 labels .* initialized with 2 labels"):
+        pipe.from_bytes(saved)
+
+
+def test_loading_a_different_max_span_length_is_a_clear_error(trained_teacher, tmp_path):
+    nlp = spacy.load(trained_teacher)
+    config = nlp.config.copy()
+    config["components"]["span_contproto"]["model"]["max_span_length"] = 3
+    other = spacy.util.load_model_from_config(config)
+    with pytest.raises(ValueError, match="max_span_length=4, but the model config says 3"):
+        other.get_pipe("span_contproto").from_bytes(nlp.get_pipe("span_contproto").to_bytes())
+
+
+def test_torch_weights_are_loaded_with_weights_only(trained_teacher, monkeypatch):
+    import torch
+
+    calls = []
+    original = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only", "default"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    spacy.load(trained_teacher)
+    # thinc's PyTorchShim calls torch.load without weights_only: torch >= 2.6 defaults it to True
+    assert calls and all(c in ("default", True) for c in calls)
+    # and the default refuses arbitrary pickled objects (torch >= 2.6: weights_only=True)
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save({"obj": Counterfeit()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        original(buffer)
+
+
+class Counterfeit:
+    """An arbitrary class: unpickling it would run code of the file's choosing."""
