@@ -223,13 +223,12 @@ class SpanContProto(TrainablePipe):
         oracle: Dict[str, OracleEntry] = {}
         label_index = self._label_indices()
         for eg in targets:
-            doc_id, probs = self._read_payload(eg)
+            doc_id, probs, spans = self._read_payload(eg)
             if doc_id in entries:
                 continue
             entries[doc_id] = probs
             gold = eg.reference.user_data.get(ORACLE_KEY)
             if gold is not None:
-                spans = doc_spans([eg.predicted], self.max_span_length).data
                 known = [(s, e, label_index[l]) for s, e, l in gold if l in label_index]
                 gold_spans = numpy.asarray([(s, e) for s, e, _ in known], dtype=numpy.int64).reshape(-1, 2)
                 gold_labels = numpy.asarray([c for _, _, c in known], dtype=numpy.int64)
@@ -237,9 +236,9 @@ class SpanContProto(TrainablePipe):
         assert self.state is not None
         self.state.build_store(entries, oracle)
 
-    def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray]:
-        """The target Doc's id and teacher probabilities, columns in this component's
-        class order; clear errors for payloads that do not fit."""
+    def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray, numpy.ndarray]:
+        """The target Doc's id, teacher probabilities (columns in this component's
+        class order) and enumerated spans; clear errors for payloads that do not fit."""
         doc_id, probs, classes, max_len = decode_payload(eg.reference.user_data[PAYLOAD_KEY])
         unknown = [c for c in classes if c not in self.class_names]
         if unknown:
@@ -253,7 +252,8 @@ class SpanContProto(TrainablePipe):
                 f"{self.name}: target Doc {doc_id!r} was pseudo-labelled with max_span_length="
                 f"{max_len}, the component uses {self.max_span_length}."
             )
-        n_spans = len(doc_spans([eg.predicted], self.max_span_length).data)
+        spans = doc_spans([eg.predicted], self.max_span_length).data
+        n_spans = len(spans)
         if probs.shape[0] != n_spans:
             raise ValueError(
                 f"{self.name}: target Doc {doc_id!r} has pseudo labels for {probs.shape[0]} spans "
@@ -263,7 +263,7 @@ class SpanContProto(TrainablePipe):
         aligned = numpy.zeros((n_spans, len(self.class_names)), dtype=numpy.float32)
         aligned[:, [self.class_names.index(c) for c in classes]] = probs
         aligned /= numpy.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
-        return doc_id, aligned
+        return doc_id, aligned, spans
 
     def set_training_state(self, epoch: int, step: int) -> None:
         """Tell the component where training is (see spacy_contproto.training_schedule.v1)."""
@@ -419,7 +419,7 @@ class SpanContProto(TrainablePipe):
         groups = torch.as_tensor(doc_index, device=device)
         gold = torch.as_tensor(targets, device=device)
         target_rows = torch.as_tensor(numpy.nonzero(target_span)[0], device=device)
-        target_ids = [self._read_id(eg) for eg in examples if is_target(eg)]
+        target_ids = [self._read_id(eg) for eg, target in zip(examples, target_doc) if target]
         # duplicates of a target Doc in a batch each read the same stored rows
         pseudo = torch.as_tensor(
             self.state.pseudo_labels(target_ids) if target_ids else numpy.zeros((0, n_classes), "f"),
@@ -494,7 +494,7 @@ class SpanContProto(TrainablePipe):
         if s.margin_labels == "prediction":
             margin_labels = result.predicted[rows]
         else:
-            margin_labels = result.pseudo.argmax(dim=1) if rows.numel() else result.predicted[rows]
+            margin_labels = result.pseudo.argmax(dim=1)
         self.state.after_update(
             vectors, result.span_labels, result.target_ids, rows, result.pseudo, margin_labels
         )
