@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import spacy
-from spacy.scorer import get_ner_prf
-from spacy.tokens import Doc, DocBin
-from spacy.training import Example
+from spacy.tokens import DocBin
 
 from spacy_contproto.corpus import convert_file
 from spacy_contproto.demo import write_demo_corpus
+from spacy_contproto.evaluation import predict_and_score
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -35,9 +34,7 @@ SETTINGS = {
 def f1_on(model: Path, path: Path) -> float:
     nlp = spacy.load(model)
     gold = list(DocBin().from_disk(path).get_docs(nlp.vocab))
-    inputs = [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in gold]
-    predicted = list(nlp.pipe(inputs, batch_size=64))
-    return get_ner_prf([Example(p, g) for p, g in zip(predicted, gold)])["ents_f"]
+    return predict_and_score(nlp, gold)[1]["ents_f"]
 
 
 def main():

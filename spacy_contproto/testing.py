@@ -11,6 +11,7 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from .demo import demo_sentences
+from .evaluation import iob_tags
 
 def synthetic_sentences(n: int, seed: int = 0) -> List[Tuple[List[str], List[Tuple[int, int, str]]]]:
     """n English demo sentences as (words, [(start, end, label), ...]) token offsets."""
@@ -89,10 +90,6 @@ def make_tiny_encoder(
     torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     return path
-
-
-def iob_tags(doc: Doc) -> List[str]:
-    return [f"{t.ent_iob_}-{t.ent_type_}" if t.ent_iob_ in ("B", "I") else "O" for t in doc]
 
 
 def as_seqeval(docs: Sequence[Doc]) -> List[List[str]]:

@@ -6,24 +6,17 @@ from pathlib import Path
 import spacy
 import typer
 from seqeval.metrics import f1_score, precision_score, recall_score
-from spacy.scorer import get_ner_prf
-from spacy.tokens import Doc, DocBin
-from spacy.training import Example
+from spacy.tokens import DocBin
 from wasabi import msg
 
-
-def iob(doc: Doc):
-    return [f"{t.ent_iob_}-{t.ent_type_}" if t.ent_iob_ in ("B", "I") else "O" for t in doc]
+from spacy_contproto.evaluation import iob_tags, predict_and_score
 
 
-def evaluate(model: Path, test: Path, gpu_id: int) -> dict:
+def evaluate(model: Path, test: Path) -> dict:
     nlp = spacy.load(model)
     gold = list(DocBin().from_disk(test).get_docs(nlp.vocab))
-    # the gold tokenisation, so that seqeval compares token by token
-    inputs = [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in gold]
-    predicted = list(nlp.pipe(inputs, batch_size=64))
-    scores = get_ner_prf([Example(p, g) for p, g in zip(predicted, gold)])
-    y_true, y_pred = [iob(d) for d in gold], [iob(d) for d in predicted]
+    predicted, scores = predict_and_score(nlp, gold)
+    y_true, y_pred = [iob_tags(d) for d in gold], [iob_tags(d) for d in predicted]
     return {
         "model": str(model), "test": str(test), "n_docs": len(gold),
         "ents_p": scores["ents_p"], "ents_r": scores["ents_r"], "ents_f": scores["ents_f"],
@@ -46,7 +39,7 @@ def main(
     for lang in [t for t in targets.split(",") if t]:
         for name, model in (("teacher", training / "teacher" / "model-best"),
                             ("contproto", training / f"contproto-{lang}" / "model-best")):
-            result = {"system": name, "lang": lang, **evaluate(model, corpus / f"{lang}_test.spacy", gpu_id)}
+            result = {"system": name, "lang": lang, **evaluate(model, corpus / f"{lang}_test.spacy")}
             if abs(result["ents_f"] - result["seqeval"]["f1"]) > 1e-6:
                 msg.warn(f"{name} {lang}: spaCy F1 {result['ents_f']:.4f} != seqeval {result['seqeval']['f1']:.4f}")
             (metrics / f"{name}-{lang}.json").write_text(json.dumps(result, indent=2))
