@@ -6,6 +6,7 @@ import sys
 import venv
 
 import pytest
+import spacy
 import srsly
 from weasel.schemas import ProjectConfigSchema, validate
 
@@ -71,11 +72,19 @@ def test_packaged_wheel_installs_and_loads(project_run, tmp_path):
     install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
+    text = "Anna Berg arbeitet für Siemens in Berlin ."
     code = (
-        "import spacy; nlp = spacy.load('xx_contproto_demo'); "
-        "doc = nlp('Anna Berg arbeitet für Siemens in Berlin .'); "
-        "print(nlp.pipe_names, len(doc), 'contproto' in doc.spans)"
+        "import json, spacy; nlp = spacy.load('xx_contproto_demo'); "
+        f"doc = nlp({text!r}); group = doc.spans['contproto']; "
+        "print(json.dumps([nlp.pipe_names, [[s.start, s.end, s.label_] for s in group], "
+        "[float(x) for x in group.attrs['scores']]]))"
     )
     run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "['transformer', 'span_contproto'] 8 True"
+    names, spans, scores = json.loads(run.stdout.strip().splitlines()[-1])
+    assert names == ["transformer", "span_contproto"]
+    # the same predictions as the model folder the wheel was built from
+    doc = spacy.load(project_run / "training" / "contproto-de" / "model-best")(text)
+    group = doc.spans["contproto"]
+    assert spans == [[s.start, s.end, s.label_] for s in group]
+    assert scores == pytest.approx([float(x) for x in group.attrs["scores"]], abs=1e-6)

@@ -1,0 +1,365 @@
+"""Measured reproduction of ContProto on the real cross-lingual corpora, on CPU.
+
+One fixed protocol (PROTOCOL below, recorded in every result) sized so that a training run
+takes about 15-20 minutes on 2 CPU cores with multilingual-e5-small:
+
+    python benchmarks/reproduce.py prepare  --data ../shared/data --corpus conll
+    python benchmarks/reproduce.py teacher  --corpus conll
+    python benchmarks/reproduce.py grid     --corpus conll de:vanilla de:contproto es:vanilla ...
+    python benchmarks/reproduce.py report
+
+`grid` runs the cells in the order given, pseudo-labelling a target on first use and skipping
+cells whose JSON already exists, so an interrupted grid resumes where it stopped. Every run writes
+its own JSON into benchmarks/results/reproduce/ the moment it ends (scores on the full target test
+set, every gold entity counted; settings; seed; wall time; peak RSS of the training process;
+pseudo-label oracle F1 per epoch; store bytes). `report` writes benchmarks/results/RESULTS.md from
+those JSONs only. Corpora and models stay in --work (outside the repository's tracked files).
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+RUNS = RESULTS / "reproduce"
+CONTPROTO = "components.span_contproto.contproto"
+
+# Fixed CPU protocol. Subsets are seeded random samples of sentences (not the first N, which
+# would cover a handful of articles); target test sets are used whole.
+PROTOCOL = {
+    "encoder": "multilingual-e5-small (offline conversion, 12 layers, width 384)",
+    "sample_seed": 0,
+    "source_train_sentences": 4000,
+    "source_dev_sentences": 1000,
+    "target_train_sentences": 4000,
+    "target_test": "full",
+    "max_span_length": 4,
+    "transformer_window": "128 word pieces, stride 96",
+    "teacher_epochs": 4,
+    "teacher_batch_sentences": 32,
+    "student_epochs": 3,
+    "student_batch_sentences": "16 source + 16 target",
+    "warmup_epochs": 1,
+    "learn_rate": 1e-4,
+    "warmup_steps": 50,
+    "schedule": "warmup_linear to 0 at the last step",
+    "optimizer": "AdamW betas 0.9/0.98, weight decay 0.01, clip 1.0",
+    "dropout": 0.1,
+    "eval_frequency_steps": 125,
+    "model_selection": "source dev F1 (spaCy's model-best)",
+    "frozen_word_embeddings": False,
+    "training_seed": 0,
+}
+
+CORPORA = {
+    "conll": {"source": ("conll2003", "en"), "targets": {"de": "conll2003", "es": "conll2002", "nl": "conll2002"},
+              "paper": {"ContProto": {"de": 76.41, "es": 85.02, "nl": 83.69},
+                        "w/o proto & cl": {"de": 74.17, "es": 84.47, "nl": 81.03},
+                        "w/o proto": {"de": 74.87, "es": 84.08, "nl": 81.44},
+                        "w/o reg": {"de": 76.23, "es": 84.96, "nl": 83.56},
+                        "fixed margin": {"de": 74.65, "es": 84.49, "nl": 83.09},
+                        "proto w/o cl": {"de": 72.59, "es": 81.18, "nl": 80.76}}},
+    "wikiann": {"source": ("wikiann", "en"), "targets": {"ar": "wikiann", "zh": "wikiann"},
+                "paper": {"ContProto": {"ar": 72.20, "zh": 61.47},
+                          "w/o proto & cl": {"ar": 70.40, "zh": 56.30},
+                          "w/o proto": {"ar": 71.49, "zh": 59.57},
+                          "w/o reg": {"ar": 72.15, "zh": 61.31},
+                          "fixed margin": {"ar": 69.19, "zh": 60.61},
+                          "proto w/o cl": {"ar": 69.72, "zh": 53.52}}},
+}
+
+# Table 3 rows as config overrides of configs/contproto_cpu.cfg
+VARIANTS: Dict[str, Dict[str, str]] = {
+    "contproto": {},
+    "vanilla": {f"{CONTPROTO}.contrastive_loss": "false", f"{CONTPROTO}.consistency_loss": "false",
+                f"{CONTPROTO}.prototypes": "false"},
+    "no_proto": {f"{CONTPROTO}.prototypes": "false"},
+    "no_reg": {f"{CONTPROTO}.consistency_loss": "false"},
+    "fixed_margin": {f"{CONTPROTO}.margin": '"fixed"'},
+    "proto_no_cl": {f"{CONTPROTO}.contrastive_loss": "false"},
+}
+VARIANT_NAMES = {"zero_shot": "zero-shot (teacher)", "vanilla": "w/o proto & cl (vanilla self-training)",
+                 "contproto": "ContProto", "no_proto": "w/o proto", "no_reg": "w/o reg",
+                 "fixed_margin": "fixed margin", "proto_no_cl": "proto w/o cl"}
+PAPER_ROW = {"vanilla": "w/o proto & cl", "contproto": "ContProto", "no_proto": "w/o proto", "no_reg": "w/o reg",
+             "fixed_margin": "fixed margin", "proto_no_cl": "proto w/o cl"}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "gpu": "none"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_measured(cmd: List[str], log: Path) -> dict:
+    """Run a command, its output to `log`; wall time and the child's own peak RSS (wait4)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
+    return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "load_avg_end": os.getloadavg()}
+
+
+def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
+    found = sorted((data / dataset / lang).glob(f"{split}.*"))
+    if len(found) != 1:
+        sys.exit(f"Expected one file {data}/{dataset}/{lang}/{split}.*, found {found}")
+    return found[0]
+
+
+def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
+    """Keep a seeded random sample of n Docs of a .spacy file, in their original order."""
+    from spacy.tokens import DocBin
+    import spacy
+
+    vocab = spacy.blank("xx").vocab
+    docs = list(DocBin(store_user_data=True).from_disk(path).get_docs(vocab))
+    if n is not None and n < len(docs):
+        keep = sorted(random.Random(seed).sample(range(len(docs)), n))
+        docs = [docs[i] for i in keep]
+    DocBin(docs=docs, store_user_data=True).to_disk(path)
+    return len(docs)
+
+
+def lr_overrides(steps: int) -> List[str]:
+    return ["--training.optimizer.learn_rate.initial_rate", str(PROTOCOL["learn_rate"]),
+            "--training.optimizer.learn_rate.warmup_steps", str(PROTOCOL["warmup_steps"]),
+            "--training.optimizer.learn_rate.total_steps", str(steps),
+            "--training.dropout", str(PROTOCOL["dropout"]),
+            "--training.eval_frequency", str(PROTOCOL["eval_frequency_steps"]),
+            "--training.seed", str(PROTOCOL["training_seed"])]
+
+
+def evaluate(model: Path, test: Path) -> dict:
+    import spacy
+    from seqeval.metrics import f1_score
+    from spacy.tokens import DocBin
+
+    from spacy_contproto.evaluation import iob_tags, predict_and_score
+
+    nlp = spacy.load(model)
+    gold = list(DocBin().from_disk(test).get_docs(nlp.vocab))
+    start = time.time()
+    predicted, scores = predict_and_score(nlp, gold)
+    seconds = time.time() - start
+    n_words = sum(len(d) for d in gold)
+    f1_seqeval = f1_score([iob_tags(d) for d in gold], [iob_tags(d) for d in predicted])
+    return {"f1": round(100 * scores["ents_f"], 2), "precision": round(100 * scores["ents_p"], 2),
+            "recall": round(100 * scores["ents_r"], 2), "seqeval_f1": round(100 * f1_seqeval, 2),
+            "per_type": {k: {m: round(100 * v, 2) for m, v in s.items()} for k, s in scores["ents_per_type"].items()},
+            "test_sentences": len(gold), "test_words": n_words, "inference_words_per_s": round(n_words / seconds, 1)}
+
+
+def dev_score(model: Path) -> Optional[float]:
+    meta = json.loads((model / "meta.json").read_text())
+    score = meta.get("performance", {}).get("ents_f")
+    return None if score is None else round(100 * score, 2)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+def prepare(args) -> None:
+    from spacy_contproto.corpus import convert_file
+
+    spec = CORPORA[args.corpus]
+    corpus = args.work / args.corpus / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    seed = PROTOCOL["sample_seed"]
+    src_set, src = spec["source"]
+    jobs = [(src_set, src, "train", False, PROTOCOL["source_train_sentences"]),
+            (src_set, src, "dev", False, PROTOCOL["source_dev_sentences"])]
+    for lang, dataset in spec["targets"].items():
+        jobs += [(dataset, lang, "train", True, PROTOCOL["target_train_sentences"]), (dataset, lang, "test", False, None)]
+    manifest = {}
+    for dataset, lang, split, unlabelled, n in jobs:
+        path = find_split(args.data, dataset, lang, split)
+        out = corpus / f"{lang}_{split}.spacy"
+        stats = convert_file(path, out, unlabelled=unlabelled, keep_gold=True)
+        kept = sample_docbin(out, n, seed)
+        manifest[f"{lang}_{split}"] = {"file": f"{dataset}/{lang}/{path.name}", "sha256": sha256(path),
+                                       "sentences": stats.sentences, "kept": kept, "unlabelled": unlabelled}
+        print(f"{path} -> {out}: {kept} of {stats.sentences} sentences")
+    write_json(corpus / "manifest.json", manifest)
+
+
+def teacher(args) -> None:
+    spec = CORPORA[args.corpus]
+    work = args.work / args.corpus
+    corpus, out = work / "corpus", work / "teacher"
+    steps = PROTOCOL["teacher_epochs"] * -(-PROTOCOL["source_train_sentences"] // PROTOCOL["teacher_batch_sentences"])
+    src = spec["source"][1]
+    cmd = [sys.executable, "-m", "spacy", "train", str(REPO / "configs" / "teacher_cpu.cfg"), "--output", str(out),
+           "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
+           "--paths.encoder", str(args.encoder), "--training.max_epochs", str(PROTOCOL["teacher_epochs"]),
+           "--training.batcher.size", str(PROTOCOL["teacher_batch_sentences"]), *lr_overrides(steps)]
+    print("Training the teacher:", " ".join(cmd))
+    usage = run_measured(cmd, work / "logs" / "teacher.log")
+    model = out / "model-best"
+    for lang in spec["targets"]:
+        result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": PROTOCOL["training_seed"],
+                  "protocol": PROTOCOL, "machine": machine(), "training_steps": steps,
+                  "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+                  "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
+        write_json(RUNS / f"{args.corpus}-{lang}-zero_shot-seed{PROTOCOL['training_seed']}.json", result)
+        print(f"zero-shot {lang}: F1 {result['test']['f1']}")
+
+
+def pseudo_label(args, lang: str) -> Path:
+    work = args.work / args.corpus
+    out = work / "corpus" / f"{lang}_train.pl.spacy"
+    if not out.exists():
+        cmd = [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(work / "teacher" / "model-best"),
+               str(work / "corpus" / f"{lang}_train.spacy"), str(out)]
+        usage = run_measured(cmd, work / "logs" / f"pseudo-label-{lang}.log")
+        write_json(work / "logs" / f"pseudo-label-{lang}.json", usage)
+    return out
+
+
+def student(args, lang: str, variant: str) -> None:
+    spec = CORPORA[args.corpus]
+    work = args.work / args.corpus
+    corpus, out = work / "corpus", work / f"student-{lang}-{variant}"
+    target = pseudo_label(args, lang)
+    src = spec["source"][1]
+    steps = PROTOCOL["student_epochs"] * -(-PROTOCOL["source_train_sentences"] // 16)
+    quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
+    quality.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "spacy", "train", str(REPO / "configs" / "contproto_cpu.cfg"), "--output", str(out),
+           "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
+           "--paths.target", str(target), "--paths.encoder", str(args.encoder),
+           "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
+           "--training.max_epochs", str(PROTOCOL["student_epochs"]), "--training.batcher.size", "32",
+           f"--{CONTPROTO}.warmup_epochs", str(PROTOCOL["warmup_epochs"]), *lr_overrides(steps)]
+    for key, value in VARIANTS[variant].items():
+        cmd += [f"--{key}", value]
+    print(f"Training {variant} for {lang}:", " ".join(cmd))
+    usage = run_measured(cmd, work / "logs" / f"student-{lang}-{variant}.log")
+    model = out / "model-best"
+    store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
+    labels = store / "labels.f16"
+    n_target = PROTOCOL["target_train_sentences"]
+    result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": PROTOCOL["training_seed"],
+              "overrides": VARIANTS[variant], "protocol": PROTOCOL, "machine": machine(), "training_steps": steps,
+              "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+              "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
+              if quality.exists() else [],
+              "store_bytes": store_bytes,
+              "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
+              if labels.exists() else None,
+              "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
+    write_json(RUNS / f"{args.corpus}-{lang}-{variant}-seed{PROTOCOL['training_seed']}.json", result)
+    print(f"{variant} {lang}: F1 {result['test']['f1']}")
+
+
+def grid(args) -> None:
+    for cell in args.cells:
+        lang, _, variant = cell.partition(":")
+        if variant not in VARIANTS:
+            sys.exit(f"Unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+        if (RUNS / f"{args.corpus}-{lang}-{variant}-seed{PROTOCOL['training_seed']}.json").exists():
+            print(f"{cell}: done, skipped")
+            continue
+        student(args, lang, variant)
+        report(args)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def report(args) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
+    lines = ["# ContProto reproduction on CPU (generated by benchmarks/reproduce.py report; do not edit)", ""]
+    if not runs:
+        lines.append("No runs yet.")
+    else:
+        m = runs[0]["machine"]
+        lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, no GPU. "
+                  "GPU: none was available to this work, so the GPU config (configs/contproto_gpu.cfg) is untested on a GPU.",
+                  "", "## Protocol (fixed for every run)", ""]
+        lines += [f"- {k}: {v}" for k, v in runs[0]["protocol"].items()]
+        lines += ["", "Micro-F1 on the full target test set, every gold entity counted (spaCy's scorer; seqeval agrees "
+                  "to 0.01 unless noted). Paper numbers: XLM-R large, full data, 10 epochs, mean of 3 runs; not "
+                  "comparable in absolute terms."]
+    for corpus, spec in CORPORA.items():
+        cells = [r for r in runs if r["corpus"] == corpus]
+        if not cells:
+            continue
+        langs = list(spec["targets"])
+        lines += ["", f"## {corpus}: F1 (this protocol, seed 0) | paper", "",
+                  "| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
+                  "|---|" + "---|" * (2 * len(langs))]
+        for variant in ["zero_shot", *VARIANTS]:
+            got = {r["target"]: r for r in cells if r["variant"] == variant}
+            if not got:
+                continue
+            ours = [f"{got[t]['test']['f1']:.2f}" if t in got else "" for t in langs]
+            paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
+            theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
+            lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
+        lines += ["", "### Runs", "",
+                  "| target | method | test P / R / F1 | seqeval F1 | source dev F1 | steps | wall time | peak RSS | store bytes / target sentence |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in cells:
+            t = r["test"]
+            per = r.get("store_label_bytes_per_target_sentence")
+            lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {t['precision']:.2f} / {t['recall']:.2f} / "
+                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {r['source_dev_f1']} | {r['training_steps']} | "
+                         f"{r['wall_s'] / 60:.1f} min | {r['peak_rss_mb'] / 1024:.2f} GiB | {per if per else ''} |")
+        quality = [r for r in cells if r.get("pseudo_label_quality")]
+        if quality:
+            lines += ["", "### Pseudo-label oracle F1 per epoch (epoch 0 = teacher labels; gold used for this log only)", "",
+                      "| target | method | " + " | ".join(f"epoch {i}" for i in range(PROTOCOL["student_epochs"] + 1)) + " |",
+                      "|---|---|" + "---|" * (PROTOCOL["student_epochs"] + 1)]
+            for r in quality:
+                by_epoch = {q["epoch"]: q for q in r["pseudo_label_quality"]}
+                row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
+                       for e in range(PROTOCOL["student_epochs"] + 1)]
+                lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | " + " | ".join(row) + " |")
+    notes = RESULTS / "RESULTS_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"Wrote {RESULTS / 'RESULTS.md'} from {len(runs)} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["prepare", "teacher", "grid", "report"])
+    parser.add_argument("cells", nargs="*", help="grid cells, LANG:VARIANT, e.g. de:contproto")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="conll")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
+    parser.add_argument("--encoder", type=Path, default=REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
+    args = parser.parse_args()
+    args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
+    if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
+        sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
+    {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
