@@ -47,6 +47,7 @@ setup(
         ],
         "spacy_callbacks": [
             "spacy_contproto.training_schedule.v1 = spacy_contproto.training:create_training_schedule",
+            "spacy_contproto.freeze_word_embeddings.v1 = spacy_contproto.training:create_freeze_word_embeddings",
         ],
         "spacy_loggers": [
             "spacy_contproto.ConsoleLogger.v1 = spacy_contproto.training:create_console_logger",

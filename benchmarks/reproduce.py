@@ -53,9 +53,9 @@ PROTOCOL = {
     "schedule": "warmup_linear to 0 at the last step",
     "optimizer": "AdamW betas 0.9/0.98, weight decay 0.01, clip 1.0",
     "dropout": 0.1,
-    "eval_frequency_steps": 125,
+    "eval_frequency_steps": 100,
     "model_selection": "source dev F1 (spaCy's model-best)",
-    "frozen_word_embeddings": False,
+    "frozen_word_embeddings": True,  # spacy_contproto.freeze_word_embeddings.v1: ~1.8x faster steps on CPU
     "training_seed": 0,
 }
 
@@ -139,6 +139,19 @@ def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
     return len(docs)
 
 
+def protocol_config(name: str, work: Path) -> Path:
+    """The repository config with the protocol's [initialize] after_init callback."""
+    import spacy
+
+    config = spacy.util.load_config(REPO / "configs" / name, interpolate=False)
+    if PROTOCOL["frozen_word_embeddings"]:
+        config["initialize"]["after_init"] = {"@callbacks": "spacy_contproto.freeze_word_embeddings.v1"}
+    path = work / "configs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config.to_disk(path)
+    return path
+
+
 def lr_overrides(steps: int) -> List[str]:
     return ["--training.optimizer.learn_rate.initial_rate", str(PROTOCOL["learn_rate"]),
             "--training.optimizer.learn_rate.warmup_steps", str(PROTOCOL["warmup_steps"]),
@@ -213,7 +226,7 @@ def teacher(args) -> None:
     corpus, out = work / "corpus", work / "teacher"
     steps = PROTOCOL["teacher_epochs"] * -(-PROTOCOL["source_train_sentences"] // PROTOCOL["teacher_batch_sentences"])
     src = spec["source"][1]
-    cmd = [sys.executable, "-m", "spacy", "train", str(REPO / "configs" / "teacher_cpu.cfg"), "--output", str(out),
+    cmd = [sys.executable, "-m", "spacy", "train", str(protocol_config("teacher_cpu.cfg", work)), "--output", str(out),
            "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
            "--paths.encoder", str(args.encoder), "--training.max_epochs", str(PROTOCOL["teacher_epochs"]),
            "--training.batcher.size", str(PROTOCOL["teacher_batch_sentences"]), *lr_overrides(steps)]
@@ -249,7 +262,7 @@ def student(args, lang: str, variant: str) -> None:
     steps = PROTOCOL["student_epochs"] * -(-PROTOCOL["source_train_sentences"] // 16)
     quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
     quality.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "spacy", "train", str(REPO / "configs" / "contproto_cpu.cfg"), "--output", str(out),
+    cmd = [sys.executable, "-m", "spacy", "train", str(protocol_config("contproto_cpu.cfg", work)), "--output", str(out),
            "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
            "--paths.target", str(target), "--paths.encoder", str(args.encoder),
            "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),

@@ -3,6 +3,8 @@ import sys
 
 import pytest
 import spacy
+import torch
+from spacy.util import registry
 
 from .conftest import CONFIGS
 
@@ -40,3 +42,31 @@ def test_contproto_training_without_target_is_a_clear_error(tmp_path, tiny_encod
     )
     assert result.returncode != 0
     assert "needs a target corpus" in result.stdout + result.stderr
+
+
+def test_freeze_word_embeddings_callback(tiny_encoder, synthetic_corpus):
+    """[initialize.after_init] freezes the word-piece embeddings; the rest still trains."""
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config["initialize"]["after_init"] = {"@callbacks": "spacy_contproto.freeze_word_embeddings.v1"}
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    docs = list(DocBin().from_disk(synthetic_corpus["train"]).get_docs(nlp.vocab))[:16]
+    examples = [Example(nlp.make_doc(d.text), d) for d in docs]
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 1e-3  # the config's schedule starts at 0
+    hf_model = nlp.get_pipe("transformer").model.layers[0].shims[0]._model
+    embeddings = hf_model.get_input_embeddings().weight
+    layer = next(p for n, p in hf_model.named_parameters() if "encoder.layer.0" in n and n.endswith("weight"))
+    before_embeddings, before_layer = embeddings.detach().clone(), layer.detach().clone()
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    assert torch.equal(hf_model.get_input_embeddings().weight, before_embeddings)
+    layer = next(p for n, p in hf_model.named_parameters() if "encoder.layer.0" in n and n.endswith("weight"))
+    assert not torch.equal(layer, before_layer)
+
+    blank = spacy.blank("en")
+    blank.add_pipe("sentencizer")
+    with pytest.raises(ValueError, match="no HuggingFace transformer"):
+        registry.callbacks.get("spacy_contproto.freeze_word_embeddings.v1")()(blank)
