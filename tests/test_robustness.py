@@ -9,7 +9,7 @@ import sys
 import numpy
 import spacy
 import torch
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
 from spacy_contproto.pseudo_label import pseudo_label_file
@@ -191,3 +191,26 @@ def test_interrupted_training_leaves_model_and_store_usable(tmp_path, tiny_encod
     labels = reopened.gather(reopened.ids())
     assert numpy.isfinite(labels).all()
     numpy.testing.assert_allclose(labels.astype("float32").sum(axis=1), 1.0, atol=2e-3)
+
+
+def test_mixed_language_target_batches_train(tmp_path, trained_teacher, tiny_encoder, synthetic_corpus):
+    """Target Docs in German, Spanish, Arabic and Chinese side by side in every batch."""
+    from spacy_contproto.demo import demo_sentences
+
+    nlp_xx = spacy.blank("xx")
+    docs = []
+    for lang in ("de", "es"):
+        docs += [Doc(nlp_xx.vocab, words=words) for words, _ in demo_sentences(lang, 8, seed=1)]
+    docs += [nlp_xx.make_doc(t) for t in ["ذهب أحمد حسن إلى القاهرة يوم الاثنين .", "李 伟 在 北 京 工 作 。"] * 4]
+    order = numpy.random.default_rng(0).permutation(len(docs))
+    raw, labelled = tmp_path / "mixed.spacy", tmp_path / "mixed.pl.spacy"
+    DocBin(docs=[docs[i] for i in order], store_user_data=True).to_disk(raw)
+    pseudo_label_file(spacy.load(trained_teacher), raw, labelled, progress=False)
+
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, labelled)
+    examples, optimizer = initialize(nlp, synthetic_corpus, labelled)
+    history = train_steps(nlp, examples, optimizer, epochs=2, steps_per_epoch=3, batch_size=32)
+    assert all(math.isfinite(v) for losses in history for v in losses.values())
+    assert all(losses["span_contproto:tgt"] > 0 for losses in history)
+    store = nlp.get_pipe("span_contproto").state.store
+    assert len(store) == len(docs)
