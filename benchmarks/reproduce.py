@@ -341,14 +341,15 @@ def report(args) -> None:
             theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
             lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
         lines += ["", "### Runs", "",
-                  "| target | method | test P / R / F1 | seqeval F1 | source dev F1 | steps | wall time | peak RSS | store bytes / target sentence |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| target | method | test P / R / F1 | seqeval F1 | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in cells:
             t = r["test"]
             per = r.get("store_label_bytes_per_target_sentence")
             lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {t['precision']:.2f} / {t['recall']:.2f} / "
                          f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {r['source_dev_f1']} | {r['training_steps']} | "
-                         f"{r['wall_s'] / 60:.1f} min | {r['peak_rss_mb'] / 1024:.2f} GiB | {per if per else ''} |")
+                         f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
+                         f"{r['peak_rss_mb'] / 1024:.2f} GiB | {per if per else ''} |")
         quality = [r for r in cells if r.get("pseudo_label_quality")]
         if quality:
             lines += ["", "### Pseudo-label oracle F1 per epoch (epoch 0 = teacher labels; gold used for this log only)", "",
@@ -359,11 +360,50 @@ def report(args) -> None:
                 row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
                        for e in range(PROTOCOL["student_epochs"] + 1)]
                 lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | " + " | ".join(row) + " |")
+    lines += speed_section(runs)
     notes = RESULTS / "RESULTS_notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"Wrote {RESULTS / 'RESULTS.md'} from {len(runs)} runs")
+
+
+def speed_section(runs: List[dict]) -> List[str]:
+    """Speed and memory: the dedicated benchmarks' JSONs plus the grid's own wall times."""
+    lines = ["", "## Speed and memory", ""]
+    training = RESULTS / "speed_training_e5_small.json"
+    if training.exists():
+        t = json.loads(training.read_text())
+        steps = t["median_seconds_per_step"]
+        lines += [f"Training step, benchmarks/speed_training.py ({t['encoder']}, synthetic batches of "
+                  f"{t['batch']}, median, machine: {t['machine']}): "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in steps.items())
+                  + f". ContProto / plain span head on the same transformer pass: "
+                  f"**{t['ratio_contproto_over_plain']:.2f}x** (target <= 1.15x); with an embedded transformer "
+                  f"(two passes as the views): {t['ratio_contproto_embedded_over_plain_embedded']:.2f}x.", ""]
+    inference = RESULTS / "speed_inference_e5_small.json"
+    if inference.exists():
+        i = json.loads(inference.read_text())
+        lines += [f"Inference, benchmarks/speed_inference.py ({i['docs']}, {i['n_words']} words): "
+                  + ", ".join(f"{k} {v:.0f} words/s" for k, v in i["best_words_per_s"].items())
+                  + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
+                  ""]
+    for corpus in CORPORA:
+        by = {(r["target"], r["variant"]): r for r in runs if r["corpus"] == corpus}
+        pairs = [(t, by[(t, "contproto")], by[(t, "vanilla")]) for t, v in by if v == "vanilla" and (t, "contproto") in by]
+        for target, cp, va in pairs:
+            lines.append(f"- {corpus} {target}, real batches of the grid (wall time incl. evaluation / steps): "
+                         f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
+                         f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
+                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {cp['peak_rss_mb'] / 1024:.2f} vs "
+                         f"{va['peak_rss_mb'] / 1024:.2f} GiB.")
+    stored = [r for r in runs if r.get("store_label_bytes_per_target_sentence")]
+    if stored:
+        r = stored[0]
+        lines.append(f"- Pseudo-label store: {r['store_label_bytes_per_target_sentence']:.0f} bytes of fp16 labels "
+                     f"per target sentence ({r['corpus']} {r['target']}: one row per span of up to 4 words, one "
+                     f"column per class and O), {r['store_bytes'] / 2**20:.1f} MiB on disk in all.")
+    return lines
 
 
 def main() -> None:
@@ -374,7 +414,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
     parser.add_argument("--encoder", type=Path, default=REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")

@@ -139,7 +139,8 @@ def freeze_word_embeddings(nlp: Language) -> int:
     from thinc.shims import PyTorchShim
 
     frozen, seen = 0, set()
-    for _, proc in nlp.pipeline:
+    # components, not pipeline: spaCy disables sourced components while initializing
+    for _, proc in nlp.components:
         model = getattr(proc, "model", None)
         if model is None:
             continue
