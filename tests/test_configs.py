@@ -66,6 +66,15 @@ def test_freeze_word_embeddings_callback(tiny_encoder, synthetic_corpus):
     layer = next(p for n, p in hf_model.named_parameters() if "encoder.layer.0" in n and n.endswith("weight"))
     assert not torch.equal(layer, before_layer)
 
+    # spaCy disables sourced components during initialize; they are frozen all the same
+    fresh = spacy.util.load_model_from_config(config, auto_fill=True)
+    fresh.initialize(lambda: examples)
+    fresh_embeddings = fresh.get_pipe("transformer").model.layers[0].shims[0]._model.get_input_embeddings().weight
+    fresh_embeddings.requires_grad_(True)
+    with fresh.select_pipes(disable=["transformer"]):
+        registry.callbacks.get("spacy_contproto.freeze_word_embeddings.v1")()(fresh)
+    assert not fresh_embeddings.requires_grad
+
     blank = spacy.blank("en")
     blank.add_pipe("sentencizer")
     with pytest.raises(ValueError, match="no HuggingFace transformer"):

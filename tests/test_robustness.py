@@ -25,7 +25,7 @@ def test_long_doc_uses_strided_windows_and_finds_late_entities(trained_teacher):
     sentences = synthetic_sentences(60, seed=21)
     text = " ".join(" ".join(words) for words, _ in sentences)
     doc = nlp(text)
-    # at least one word-piece per token: far past the config's first 128-piece window
+    # far past the config's first strided window of 128 tokens
     assert len(doc) > 3 * 128
     late = [e for e in doc.ents if e.start > len(doc) * 3 // 4]
     assert late, "no entity found in the last quarter of a long document"
