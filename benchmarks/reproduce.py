@@ -194,6 +194,25 @@ def dev_score(model: Path) -> Optional[float]:
     return None if score is None else round(100 * score, 2)
 
 
+def prototype_summary(model: Path) -> Optional[dict]:
+    """Margins and prototype cosines saved with a ContProto student (None without prototypes)."""
+    import numpy
+    import srsly
+
+    from spacy_contproto.self_training import _decode_array
+
+    state_file = model / "span_contproto" / "contproto"
+    if not state_file.exists():
+        return None
+    state = srsly.msgpack_loads(state_file.read_bytes())
+    prototypes = _decode_array(state["prototypes"])
+    if not numpy.any(prototypes):
+        return None
+    labels = ["O", *srsly.read_json(model / "span_contproto" / "cfg")["labels"]]
+    return {"classes": labels, "margins": [round(float(m), 4) for m in _decode_array(state["margins"])],
+            "prototype_cosines": numpy.round(prototypes @ prototypes.T, 4).tolist()}
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -288,12 +307,25 @@ def student(args, lang: str, variant: str) -> None:
               "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
+              "prototypes_at_end": prototype_summary(out / "model-last"),
               "store_bytes": store_bytes,
               "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
               if labels.exists() else None,
               "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
     write_json(RUNS / f"{args.corpus}-{lang}-{variant}-seed{PROTOCOL['training_seed']}.json", result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
+
+
+def backfill(args) -> None:
+    """Add prototypes_at_end to finished student JSONs that predate it."""
+    for path in sorted(RUNS.glob(f"{args.corpus}-*.json")):
+        result = json.loads(path.read_text())
+        if result["variant"] == "zero_shot" or "prototypes_at_end" in result:
+            continue
+        out = args.work / args.corpus / f"student-{result['target']}-{result['variant']}"
+        result["prototypes_at_end"] = prototype_summary(out / "model-last")
+        write_json(path, result)
+        print(f"{path.name}: prototypes_at_end added")
 
 
 def grid(args) -> None:
@@ -360,6 +392,19 @@ def report(args) -> None:
                 row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
                        for e in range(PROTOCOL["student_epochs"] + 1)]
                 lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | " + " | ".join(row) + " |")
+    with_prototypes = [r for r in runs if r.get("prototypes_at_end")]
+    if with_prototypes:
+        lines += ["", "## Prototypes at the end of training (model-last)", "",
+                  "Margins r_c (mean cosine of a class's spans to its prototype over the last epoch) and the "
+                  "highest cosine between two entity prototypes.", "",
+                  "| corpus | target | method | margins | max entity-entity prototype cosine |", "|---|---|---|---|---|"]
+        for r in with_prototypes:
+            summary = r["prototypes_at_end"]
+            margins = ", ".join(f"{c} {m:.3f}" for c, m in zip(summary["classes"], summary["margins"]))
+            cos = summary["prototype_cosines"]
+            entity = range(1, len(cos))
+            top = max((cos[i][j] for i in entity for j in entity if i < j), default=float("nan"))
+            lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {margins} | {top:.3f} |")
     lines += speed_section(runs)
     notes = RESULTS / "RESULTS_notes.md"
     if notes.exists():
@@ -408,7 +453,7 @@ def speed_section(runs: List[dict]) -> List[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "teacher", "grid", "report"])
+    parser.add_argument("step", choices=["prepare", "teacher", "grid", "report", "backfill"])
     parser.add_argument("cells", nargs="*", help="grid cells, LANG:VARIANT, e.g. de:contproto")
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="conll")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -418,7 +463,8 @@ def main() -> None:
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
-    {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report}[args.step](args)
+    steps = {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report, "backfill": backfill}
+    steps[args.step](args)
 
 
 if __name__ == "__main__":
