@@ -213,6 +213,36 @@ def prototype_summary(model: Path) -> Optional[dict]:
             "prototype_cosines": numpy.round(prototypes @ prototypes.T, 4).tolist()}
 
 
+def label_shift(pseudo_labelled: Path, store_dir: Path) -> Optional[dict]:
+    """How refinement moved the stored pseudo labels away from the teacher's: share of span rows
+    changed, their mean L1 change, and argmax flips by (from, to) class."""
+    from collections import Counter
+
+    import numpy
+    import spacy
+    from spacy.tokens import DocBin
+
+    from spacy_contproto.pseudo_labels import PAYLOAD_KEY, PseudoLabelStore, decode_payload
+
+    if not (store_dir / "meta.json").exists():
+        return None
+    store = PseudoLabelStore.open(store_dir)
+    before, after = [], []
+    for doc in DocBin(store_user_data=True).from_disk(pseudo_labelled).get_docs(spacy.blank("xx").vocab):
+        doc_id, probs, classes, _ = decode_payload(doc.user_data[PAYLOAD_KEY])
+        before.append(probs.astype("float32"))
+        after.append(store.get(doc_id).astype("float32"))
+    old, new = numpy.concatenate(before), numpy.concatenate(after)
+    l1 = numpy.abs(new - old).sum(axis=1)
+    changed = l1 > 1e-3
+    flips = old.argmax(1) != new.argmax(1)
+    pairs = Counter(zip(old.argmax(1)[flips].tolist(), new.argmax(1)[flips].tolist()))
+    return {"spans": int(len(old)), "share_changed": round(float(changed.mean()), 4),
+            "mean_l1_of_changed": round(float(l1[changed].mean()), 4) if changed.any() else 0.0,
+            "argmax_flips": int(flips.sum()),
+            "flips_by_class": {f"{classes[a]}->{classes[b]}": n for (a, b), n in pairs.most_common()}}
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -308,6 +338,7 @@ def student(args, lang: str, variant: str) -> None:
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
               "prototypes_at_end": prototype_summary(out / "model-last"),
+              "pseudo_label_shift": label_shift(target, store),
               "store_bytes": store_bytes,
               "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
               if labels.exists() else None,
@@ -317,15 +348,17 @@ def student(args, lang: str, variant: str) -> None:
 
 
 def backfill(args) -> None:
-    """Add prototypes_at_end to finished student JSONs that predate it."""
+    """Add prototypes_at_end and pseudo_label_shift to finished student JSONs that predate them."""
     for path in sorted(RUNS.glob(f"{args.corpus}-*.json")):
         result = json.loads(path.read_text())
-        if result["variant"] == "zero_shot" or "prototypes_at_end" in result:
+        if result["variant"] == "zero_shot" or "pseudo_label_shift" in result:
             continue
         out = args.work / args.corpus / f"student-{result['target']}-{result['variant']}"
         result["prototypes_at_end"] = prototype_summary(out / "model-last")
+        target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
+        result["pseudo_label_shift"] = label_shift(target, out / "pseudo_labels")
         write_json(path, result)
-        print(f"{path.name}: prototypes_at_end added")
+        print(f"{path.name}: prototypes_at_end and pseudo_label_shift added")
 
 
 def grid(args) -> None:
@@ -405,6 +438,16 @@ def report(args) -> None:
             entity = range(1, len(cos))
             top = max((cos[i][j] for i in entity for j in entity if i < j), default=float("nan"))
             lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {margins} | {top:.3f} |")
+    shifted = [r for r in runs if r.get("pseudo_label_shift")]
+    if shifted:
+        lines += ["", "## How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
+                  "| corpus | target | method | spans | rows changed | mean L1 of changed | argmax flips | top flips |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in shifted:
+            x = r["pseudo_label_shift"]
+            top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
+            lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {x['spans']} | "
+                         f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
     lines += speed_section(runs)
     notes = RESULTS / "RESULTS_notes.md"
     if notes.exists():
