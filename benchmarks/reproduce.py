@@ -42,7 +42,7 @@ PROTOCOL = {
     "target_train_sentences": 4000,
     "target_test": "full",
     "max_span_length": 4,
-    "transformer_window": "128 word pieces, stride 96",
+    "transformer_window": "strided windows of 128 tokens, stride 96",
     "teacher_epochs": 4,
     "teacher_batch_sentences": 32,
     "student_epochs": 2,

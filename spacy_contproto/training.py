@@ -160,7 +160,7 @@ def freeze_word_embeddings(nlp: Language) -> int:
 @registry.callbacks("spacy_contproto.freeze_word_embeddings.v1")
 def create_freeze_word_embeddings() -> Callable[[Language], Language]:
     """[initialize.after_init] callback: freeze the transformers' word-piece embeddings
-    (see freeze_word_embeddings). The CPU configs use it; set after_init = null to train them."""
+    (see freeze_word_embeddings). The shipped configs leave it off; benchmarks/reproduce.py turns it on."""
 
     def after_init(nlp: Language) -> Language:
         if freeze_word_embeddings(nlp) == 0:
