@@ -80,6 +80,24 @@ CORPORA = {
                           "proto w/o cl": {"ar": 69.72, "zh": 53.52}}},
 }
 
+# A protocol changes only by a new version, whose runs go to their own folders; RESULTS.md
+# reports each version's runs separately.
+PROTOCOLS = {
+    1: PROTOCOL,
+    2: {**PROTOCOL, "prior_bias": True},
+}
+PROTOCOL_CHANGES = {
+    2: "Changed from protocol 1: `prior_bias = true` for the teacher and every student (the span head's output "
+       "bias starts at the log class frequencies of the source spans). Under protocol 1 a fresh span head predicted "
+       "nothing for its first ~150 of 500 steps (dev F1 0.0 at step 100 for the teacher, 1.1 for the students), "
+       "and the teacher never learned MISC (English dev recall 0.8%).",
+}
+
+
+def runs_dir(version: int) -> Path:
+    return RUNS if version == 1 else RUNS / f"protocol{version}"
+
+
 # Table 3 rows as config overrides of configs/contproto_cpu.cfg
 VARIANTS: Dict[str, Dict[str, str]] = {
     "contproto": {},
@@ -123,10 +141,12 @@ def run_measured(cmd: List[str], log: Path) -> dict:
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
-    found = sorted((data / dataset / lang).glob(f"{split}.*"))
-    if len(found) != 1:
-        sys.exit(f"Expected one file {data}/{dataset}/{lang}/{split}.*, found {found}")
-    return found[0]
+    from spacy_contproto.corpus import find_split as find
+
+    try:
+        return find(data, dataset, lang, split)
+    except FileNotFoundError as err:
+        sys.exit(str(err))
 
 
 def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
@@ -143,13 +163,13 @@ def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
     return len(docs)
 
 
-def protocol_config(name: str, work: Path, source_transformer: Optional[Path] = None) -> Path:
+def protocol_config(name: str, work: Path, protocol: dict, source_transformer: Optional[Path] = None) -> Path:
     """The repository config with the protocol's [initialize] after_init callback and,
     for students, the transformer sourced from the teacher."""
     import spacy
 
     config = spacy.util.load_config(REPO / "configs" / name, interpolate=False)
-    if PROTOCOL["frozen_word_embeddings"]:
+    if protocol["frozen_word_embeddings"]:
         config["initialize"]["after_init"] = {"@callbacks": "spacy_contproto.freeze_word_embeddings.v1"}
     if source_transformer is not None:
         config["components"]["transformer"] = {"source": str(source_transformer)}
@@ -159,13 +179,20 @@ def protocol_config(name: str, work: Path, source_transformer: Optional[Path] = 
     return path
 
 
-def lr_overrides(steps: int) -> List[str]:
-    return ["--training.optimizer.learn_rate.initial_rate", str(PROTOCOL["learn_rate"]),
-            "--training.optimizer.learn_rate.warmup_steps", str(PROTOCOL["warmup_steps"]),
+def protocol_overrides(steps: int, protocol: dict) -> List[str]:
+    return ["--training.optimizer.learn_rate.initial_rate", str(protocol["learn_rate"]),
+            "--training.optimizer.learn_rate.warmup_steps", str(protocol["warmup_steps"]),
             "--training.optimizer.learn_rate.total_steps", str(steps),
-            "--training.dropout", str(PROTOCOL["dropout"]),
-            "--training.eval_frequency", str(PROTOCOL["eval_frequency_steps"]),
-            "--training.seed", str(PROTOCOL["training_seed"])]
+            "--training.dropout", str(protocol["dropout"]),
+            "--training.eval_frequency", str(protocol["eval_frequency_steps"]),
+            "--training.seed", str(protocol["training_seed"]),
+            "--components.span_contproto.prior_bias", "true" if protocol.get("prior_bias") else "false"]
+
+
+def spacy_train_cmd(config: Path, output: Path, corpus: Path, source_lang: str, encoder: Path) -> List[str]:
+    return [sys.executable, "-m", "spacy", "train", str(config), "--output", str(output),
+            "--paths.train", str(corpus / f"{source_lang}_train.spacy"),
+            "--paths.dev", str(corpus / f"{source_lang}_dev.spacy"), "--paths.encoder", str(encoder)]
 
 
 def evaluate(model: Path, test: Path) -> dict:
@@ -182,10 +209,22 @@ def evaluate(model: Path, test: Path) -> dict:
     seconds = time.time() - start
     n_words = sum(len(d) for d in gold)
     f1_seqeval = f1_score([iob_tags(d) for d in gold], [iob_tags(d) for d in predicted])
-    return {"f1": round(100 * scores["ents_f"], 2), "precision": round(100 * scores["ents_p"], 2),
+    return {**unreachable_gold(test, nlp.get_pipe("span_contproto").max_span_length), "f1": round(100 * scores["ents_f"], 2), "precision": round(100 * scores["ents_p"], 2),
             "recall": round(100 * scores["ents_r"], 2), "seqeval_f1": round(100 * f1_seqeval, 2),
             "per_type": {k: {m: round(100 * v, 2) for m, v in s.items()} for k, s in scores["ents_per_type"].items()},
             "test_sentences": len(gold), "test_words": n_words, "inference_words_per_s": round(n_words / seconds, 1)}
+
+
+def unreachable_gold(test: Path, max_span_length: int) -> dict:
+    """Gold test entities longer than max_span_length: no span model with this setting can
+    predict them, so they bound recall (they are counted as misses)."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    lengths = [len(e) for d in DocBin().from_disk(test).get_docs(spacy.blank("xx").vocab) for e in d.ents]
+    longer = sum(n > max_span_length for n in lengths)
+    return {"gold_entities": len(lengths), "gold_entities_longer_than_max_span": longer,
+            "max_recall": round(100 * (1 - longer / max(len(lengths), 1)), 2)}
 
 
 def dev_score(model: Path) -> Optional[float]:
@@ -199,17 +238,17 @@ def prototype_summary(model: Path) -> Optional[dict]:
     import numpy
     import srsly
 
-    from spacy_contproto.self_training import _decode_array
+    from spacy_contproto.self_training import decode_state
 
     state_file = model / "span_contproto" / "contproto"
     if not state_file.exists():
         return None
-    state = srsly.msgpack_loads(state_file.read_bytes())
-    prototypes = _decode_array(state["prototypes"])
+    state = decode_state(state_file.read_bytes())
+    prototypes = state["prototypes"]
     if not numpy.any(prototypes):
         return None
     labels = ["O", *srsly.read_json(model / "span_contproto" / "cfg")["labels"]]
-    return {"classes": labels, "margins": [round(float(m), 4) for m in _decode_array(state["margins"])],
+    return {"classes": labels, "margins": [round(float(m), 4) for m in state["margins"]],
             "prototype_cosines": numpy.round(prototypes @ prototypes.T, 4).tolist()}
 
 
@@ -243,6 +282,43 @@ def label_shift(pseudo_labelled: Path, store_dir: Path) -> Optional[dict]:
             "flips_by_class": {f"{classes[a]}->{classes[b]}": n for (a, b), n in pairs.most_common()}}
 
 
+def oracle_quality(pseudo_labelled: Path, store_dir: Path, max_span_length: int) -> Optional[List[dict]]:
+    """Oracle P/R/F1 of the teacher's pseudo labels and of the store's final ones against the target
+    gold kept in the pseudo-labelled file: the first and last rows of a training's quality log, for a
+    run whose log was lost. Decoded like the training's own log."""
+    import numpy
+    import spacy
+    from spacy.tokens import DocBin
+
+    from spacy_contproto.model import doc_spans
+    from spacy_contproto.pseudo_labels import PAYLOAD_KEY, PseudoLabelStore, decode_payload
+    from spacy_contproto.spans import OUTSIDE, decode_non_overlapping
+
+    if not (store_dir / "meta.json").exists():
+        return None
+    store = PseudoLabelStore.open(store_dir)
+    counts = {"teacher": [0, 0, 0], "store": [0, 0, 0]}
+    for doc in DocBin(store_user_data=True).from_disk(pseudo_labelled).get_docs(spacy.blank("xx").vocab):
+        doc_id, teacher_probs, classes, _ = decode_payload(doc.user_data[PAYLOAD_KEY])
+        spans = doc_spans([doc], max_span_length).data
+        gold = {(e.start, e.end, classes.index(e.label_)) for e in doc.ents if e.label_ in classes}
+        for name, probs in (("teacher", teacher_probs), ("store", store.get(doc_id).astype("float32"))):
+            best = probs.argmax(axis=1)
+            is_entity = best != OUTSIDE
+            cand, labels = spans[is_entity], best[is_entity]
+            keep = decode_non_overlapping(cand, probs[is_entity][numpy.arange(len(labels)), labels])
+            predicted = {(int(a), int(b), int(c)) for (a, b), c in zip(cand[keep], labels[keep])}
+            counts[name][0] += len(predicted & gold)
+            counts[name][1] += len(predicted)
+            counts[name][2] += len(gold)
+    rows = []
+    for name, (tp, n_pred, n_gold) in counts.items():
+        prec, rec = tp / max(n_pred, 1), tp / max(n_gold, 1)
+        rows.append({"labels": name, "precision": prec, "recall": rec,
+                     "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "n_gold": n_gold})
+    return rows
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -258,12 +334,12 @@ def prepare(args) -> None:
     spec = CORPORA[args.corpus]
     corpus = args.work / args.corpus / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    seed = PROTOCOL["sample_seed"]
+    seed = args.protocol["sample_seed"]
     src_set, src = spec["source"]
-    jobs = [(src_set, src, "train", False, PROTOCOL["source_train_sentences"]),
-            (src_set, src, "dev", False, PROTOCOL["source_dev_sentences"])]
+    jobs = [(src_set, src, "train", False, args.protocol["source_train_sentences"]),
+            (src_set, src, "dev", False, args.protocol["source_dev_sentences"])]
     for lang, dataset in spec["targets"].items():
-        jobs += [(dataset, lang, "train", True, PROTOCOL["target_train_sentences"]), (dataset, lang, "test", False, None)]
+        jobs += [(dataset, lang, "train", True, args.protocol["target_train_sentences"]), (dataset, lang, "test", False, None)]
     manifest = {}
     for dataset, lang, split, unlabelled, n in jobs:
         path = find_split(args.data, dataset, lang, split)
@@ -280,21 +356,20 @@ def teacher(args) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
     corpus, out = work / "corpus", work / "teacher"
-    steps = PROTOCOL["teacher_epochs"] * -(-PROTOCOL["source_train_sentences"] // PROTOCOL["teacher_batch_sentences"])
+    steps = args.protocol["teacher_epochs"] * -(-args.protocol["source_train_sentences"] // args.protocol["teacher_batch_sentences"])
     src = spec["source"][1]
-    cmd = [sys.executable, "-m", "spacy", "train", str(protocol_config("teacher_cpu.cfg", work)), "--output", str(out),
-           "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
-           "--paths.encoder", str(args.encoder), "--training.max_epochs", str(PROTOCOL["teacher_epochs"]),
-           "--training.batcher.size", str(PROTOCOL["teacher_batch_sentences"]), *lr_overrides(steps)]
+    cmd = [*spacy_train_cmd(protocol_config("teacher_cpu.cfg", work, args.protocol), out, corpus, src, args.encoder),
+           "--training.max_epochs", str(args.protocol["teacher_epochs"]),
+           "--training.batcher.size", str(args.protocol["teacher_batch_sentences"]), *protocol_overrides(steps, args.protocol)]
     print("Training the teacher:", " ".join(cmd))
     usage = run_measured(cmd, work / "logs" / "teacher.log")
     model = out / "model-best"
     for lang in spec["targets"]:
-        result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": PROTOCOL["training_seed"],
-                  "protocol": PROTOCOL, "machine": machine(), "training_steps": steps,
+        result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
+                  "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
                   "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
                   "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
-        write_json(RUNS / f"{args.corpus}-{lang}-zero_shot-seed{PROTOCOL['training_seed']}.json", result)
+        write_json(args.runs / f"{args.corpus}-{lang}-zero_shot-seed{args.protocol['training_seed']}.json", result)
         print(f"zero-shot {lang}: F1 {result['test']['f1']}")
 
 
@@ -315,25 +390,33 @@ def student(args, lang: str, variant: str) -> None:
     corpus, out = work / "corpus", work / f"student-{lang}-{variant}"
     target = pseudo_label(args, lang)
     src = spec["source"][1]
-    steps = PROTOCOL["student_epochs"] * -(-PROTOCOL["source_train_sentences"] // 16)
+    steps = args.protocol["student_epochs"] * -(-args.protocol["source_train_sentences"] // 16)
     quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
-    quality.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "spacy", "train", str(protocol_config("contproto_cpu.cfg", work, work / "teacher" / "model-best")), "--output", str(out),
-           "--paths.train", str(corpus / f"{src}_train.spacy"), "--paths.dev", str(corpus / f"{src}_dev.spacy"),
-           "--paths.target", str(target), "--paths.encoder", str(args.encoder),
+    config = protocol_config("contproto_cpu.cfg", work, args.protocol, work / "teacher" / "model-best")
+    cmd = [*spacy_train_cmd(config, out, corpus, src, args.encoder), "--paths.target", str(target),
            "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
-           "--training.max_epochs", str(PROTOCOL["student_epochs"]), "--training.batcher.size", "32",
-           f"--{CONTPROTO}.warmup_epochs", str(PROTOCOL["warmup_epochs"]), *lr_overrides(steps)]
+           "--training.max_epochs", str(args.protocol["student_epochs"]), "--training.batcher.size", "32",
+           f"--{CONTPROTO}.warmup_epochs", str(args.protocol["warmup_epochs"]), *protocol_overrides(steps, args.protocol)]
     for key, value in VARIANTS[variant].items():
         cmd += [f"--{key}", value]
     print(f"Training {variant} for {lang}:", " ".join(cmd))
-    usage = run_measured(cmd, work / "logs" / f"student-{lang}-{variant}.log")
+    # the training's own measurements are kept beside the model the moment it ends, so a failure
+    # while evaluating or recording never costs the training run: `grid` then only records it
+    usage_file = out / "usage.json"
+    if usage_file.exists() and (out / "model-last").exists():
+        usage = json.loads(usage_file.read_text())
+        print(f"{lang}:{variant} already trained ({usage_file}); recording it")
+    else:
+        usage_file.unlink(missing_ok=True)
+        quality.unlink(missing_ok=True)
+        usage = run_measured(cmd, work / "logs" / f"student-{lang}-{variant}.log")
+        write_json(usage_file, usage)
     model = out / "model-best"
     store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
     labels = store / "labels.f16"
-    n_target = PROTOCOL["target_train_sentences"]
-    result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": PROTOCOL["training_seed"],
-              "overrides": VARIANTS[variant], "protocol": PROTOCOL, "machine": machine(), "training_steps": steps,
+    n_target = args.protocol["target_train_sentences"]
+    result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": args.protocol["training_seed"],
+              "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
               "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
@@ -343,19 +426,38 @@ def student(args, lang: str, variant: str) -> None:
               "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
               if labels.exists() else None,
               "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
-    write_json(RUNS / f"{args.corpus}-{lang}-{variant}-seed{PROTOCOL['training_seed']}.json", result)
+    write_json(args.runs / f"{args.corpus}-{lang}-{variant}-seed{args.protocol['training_seed']}.json", result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
 
 def backfill(args) -> None:
-    """Add prototypes_at_end and pseudo_label_shift to finished student JSONs that predate them."""
-    for path in sorted(RUNS.glob(f"{args.corpus}-*.json")):
+    """Add what finished run JSONs lack: the unreachable gold entities of the test set, and for
+    students prototypes_at_end, pseudo_label_shift and (when the run's log was lost) the first and
+    last rows of the pseudo-label quality log, recomputed."""
+    for path in sorted(args.runs.glob(f"{args.corpus}-*.json")):
         result = json.loads(path.read_text())
-        if result["variant"] == "zero_shot" or "pseudo_label_shift" in result:
+        if "max_recall" not in result["test"]:
+            test = args.work / args.corpus / "corpus" / f"{result['target']}_test.spacy"
+            result["test"].update(unreachable_gold(test, result["protocol"]["max_span_length"]))
+            write_json(path, result)
+            print(f"{path.name}: unreachable gold entities added")
+        if result["variant"] == "zero_shot":
             continue
         out = args.work / args.corpus / f"student-{result['target']}-{result['variant']}"
-        result["prototypes_at_end"] = prototype_summary(out / "model-last")
         target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
+        if not result.get("pseudo_label_quality"):
+            rows = oracle_quality(target, out / "pseudo_labels", result["protocol"]["max_span_length"])
+            if rows:
+                teacher_row, store_row = rows
+                last = result["protocol"]["student_epochs"]
+                result["pseudo_label_quality"] = [{"epoch": 0, **teacher_row}, {"epoch": last, **store_row}]
+                result["pseudo_label_quality_note"] = ("recomputed after training from the teacher's labels and "
+                                                       "the final store (the run's own log was lost)")
+                write_json(path, result)
+                print(f"{path.name}: pseudo-label quality recomputed")
+        if "pseudo_label_shift" in result:
+            continue
+        result["prototypes_at_end"] = prototype_summary(out / "model-last")
         result["pseudo_label_shift"] = label_shift(target, out / "pseudo_labels")
         write_json(path, result)
         print(f"{path.name}: prototypes_at_end and pseudo_label_shift added")
@@ -366,7 +468,7 @@ def grid(args) -> None:
         lang, _, variant = cell.partition(":")
         if variant not in VARIANTS:
             sys.exit(f"Unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-        if (RUNS / f"{args.corpus}-{lang}-{variant}-seed{PROTOCOL['training_seed']}.json").exists():
+        if (args.runs / f"{args.corpus}-{lang}-{variant}-seed{args.protocol['training_seed']}.json").exists():
             print(f"{cell}: done, skipped")
             continue
         student(args, lang, variant)
@@ -376,25 +478,44 @@ def grid(args) -> None:
 # --- report ------------------------------------------------------------------------------------
 
 def report(args) -> None:
-    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
+    """RESULTS.md from the run JSONs of every protocol version, newest first."""
+    by_version = {v: [json.loads(p.read_text()) for p in sorted(runs_dir(v).glob("*.json"))] for v in PROTOCOLS}
+    everything = [r for runs in by_version.values() for r in runs]
     lines = ["# ContProto reproduction on CPU (generated by benchmarks/reproduce.py report; do not edit)", ""]
-    if not runs:
+    if not everything:
         lines.append("No runs yet.")
     else:
-        m = runs[0]["machine"]
+        m = everything[0]["machine"]
         lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, no GPU. "
                   "GPU: none was available to this work, so the GPU config (configs/contproto_gpu.cfg) is untested on a GPU.",
-                  "", "## Protocol (fixed for every run)", ""]
-        lines += [f"- {k}: {v}" for k, v in runs[0]["protocol"].items()]
-        lines += ["", "Micro-F1 on the full target test set, every gold entity counted (spaCy's scorer; seqeval agrees "
+                  "", "Micro-F1 on the full target test set, every gold entity counted (spaCy's scorer; seqeval agrees "
                   "to 0.01 unless noted). Paper numbers: XLM-R large, full data, 10 epochs, mean of 3 runs; not "
-                  "comparable in absolute terms."]
+                  "comparable in absolute terms. Each protocol is fixed for all of its runs; compare rows within one "
+                  "protocol only. Max recall: the share of gold test entities no longer than max_span_length "
+                  "(longer ones cannot be predicted and count as misses)."]
+    for version in sorted(by_version, reverse=True):
+        if by_version[version]:
+            lines += protocol_section(version, by_version[version])
+    lines += speed_section(everything)
+    notes = RESULTS / "RESULTS_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(f"Wrote {RESULTS / 'RESULTS.md'} from {len(everything)} runs")
+
+
+def protocol_section(version: int, runs: List[dict]) -> List[str]:
+    protocol = PROTOCOLS[version]
+    lines = ["", f"# Protocol {version}", ""]
+    if version in PROTOCOL_CHANGES:
+        lines += [PROTOCOL_CHANGES[version], ""]
+    lines += [f"- {k}: {v}" for k, v in protocol.items()]
     for corpus, spec in CORPORA.items():
         cells = [r for r in runs if r["corpus"] == corpus]
         if not cells:
             continue
         langs = list(spec["targets"])
-        lines += ["", f"## {corpus}: F1 (this protocol, seed 0) | paper", "",
+        lines += ["", f"## {corpus}: F1 (protocol {version}, seed 0) | paper", "",
                   "| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
                   "|---|" + "---|" * (2 * len(langs))]
         for variant in ["zero_shot", *VARIANTS]:
@@ -406,28 +527,28 @@ def report(args) -> None:
             theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
             lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
         lines += ["", "### Runs", "",
-                  "| target | method | test P / R / F1 | seqeval F1 | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| target | method | test P / R / F1 | seqeval F1 | max recall | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in cells:
             t = r["test"]
             per = r.get("store_label_bytes_per_target_sentence")
             lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {t['precision']:.2f} / {t['recall']:.2f} / "
-                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {r['source_dev_f1']} | {r['training_steps']} | "
+                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r['training_steps']} | "
                          f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
-                         f"{r['peak_rss_mb'] / 1024:.2f} GiB | {per if per else ''} |")
+                         f"{gib(r['peak_rss_mb'])} | {per if per else ''} |")
         quality = [r for r in cells if r.get("pseudo_label_quality")]
         if quality:
             lines += ["", "### Pseudo-label oracle F1 per epoch (epoch 0 = teacher labels; gold used for this log only)", "",
-                      "| target | method | " + " | ".join(f"epoch {i}" for i in range(PROTOCOL["student_epochs"] + 1)) + " |",
-                      "|---|---|" + "---|" * (PROTOCOL["student_epochs"] + 1)]
+                      "| target | method | " + " | ".join(f"epoch {i}" for i in range(protocol["student_epochs"] + 1)) + " |",
+                      "|---|---|" + "---|" * (protocol["student_epochs"] + 1)]
             for r in quality:
                 by_epoch = {q["epoch"]: q for q in r["pseudo_label_quality"]}
                 row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
-                       for e in range(PROTOCOL["student_epochs"] + 1)]
+                       for e in range(protocol["student_epochs"] + 1)]
                 lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | " + " | ".join(row) + " |")
     with_prototypes = [r for r in runs if r.get("prototypes_at_end")]
     if with_prototypes:
-        lines += ["", "## Prototypes at the end of training (model-last)", "",
+        lines += ["", "### Prototypes at the end of training (model-last)", "",
                   "Margins r_c (mean cosine of a class's spans to its prototype over the last epoch) and the "
                   "highest cosine between two entity prototypes.", "",
                   "| corpus | target | method | margins | max entity-entity prototype cosine |", "|---|---|---|---|---|"]
@@ -440,7 +561,7 @@ def report(args) -> None:
             lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {margins} | {top:.3f} |")
     shifted = [r for r in runs if r.get("pseudo_label_shift")]
     if shifted:
-        lines += ["", "## How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
+        lines += ["", "### How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
                   "| corpus | target | method | spans | rows changed | mean L1 of changed | argmax flips | top flips |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in shifted:
@@ -448,17 +569,16 @@ def report(args) -> None:
             top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
             lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {x['spans']} | "
                          f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
-    lines += speed_section(runs)
-    notes = RESULTS / "RESULTS_notes.md"
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
-    (RESULTS / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print(f"Wrote {RESULTS / 'RESULTS.md'} from {len(runs)} runs")
+    return lines
+
+
+def gib(mb: Optional[float]) -> str:
+    return "not recorded" if mb is None else f"{mb / 1024:.2f} GiB"
 
 
 def speed_section(runs: List[dict]) -> List[str]:
     """Speed and memory: the dedicated benchmarks' JSONs plus the grid's own wall times."""
-    lines = ["", "## Speed and memory", ""]
+    lines = ["", "# Speed and memory", ""]
     training = RESULTS / "speed_training_e5_small.json"
     if training.exists():
         t = json.loads(training.read_text())
@@ -476,15 +596,15 @@ def speed_section(runs: List[dict]) -> List[str]:
                   + ", ".join(f"{k} {v:.0f} words/s" for k, v in i["best_words_per_s"].items())
                   + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
                   ""]
-    for corpus in CORPORA:
-        by = {(r["target"], r["variant"]): r for r in runs if r["corpus"] == corpus}
+    for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
+        by = {(r["target"], r["variant"]): r for r in runs
+              if r["corpus"] == corpus and r.get("protocol_version", 1) == version}
         pairs = [(t, by[(t, "contproto")], by[(t, "vanilla")]) for t, v in by if v == "vanilla" and (t, "contproto") in by]
         for target, cp, va in pairs:
-            lines.append(f"- {corpus} {target}, real batches of the grid (wall time incl. evaluation / steps): "
+            lines.append(f"- protocol {version}, {corpus} {target}, real batches of the grid (wall time incl. evaluation / steps): "
                          f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
                          f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
-                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {cp['peak_rss_mb'] / 1024:.2f} vs "
-                         f"{va['peak_rss_mb'] / 1024:.2f} GiB.")
+                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}.")
     stored = [r for r in runs if r.get("store_label_bytes_per_target_sentence")]
     if stored:
         r = stored[0]
@@ -502,8 +622,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
     parser.add_argument("--encoder", type=Path, default=REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
+    parser.add_argument("--protocol", type=int, choices=sorted(PROTOCOLS), default=max(PROTOCOLS),
+                        help="protocol version (default: the latest); `report` covers all of them")
     args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
+    args.protocol_version, args.protocol, args.runs = args.protocol, PROTOCOLS[args.protocol], runs_dir(args.protocol)
+    if args.protocol_version > 1:
+        args.work = args.work / f"protocol{args.protocol_version}"
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
     steps = {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report, "backfill": backfill}

@@ -29,7 +29,7 @@ from .model import SpanGradients, SpanOutputs, doc_spans, span_head_module, uses
 from .pseudo_labels import PAYLOAD_KEY, decode_payload
 from .self_training import OracleEntry, SelfTrainingState
 from .settings import ContProtoSettings
-from .spans import OUTSIDE, decode_non_overlapping, label_spans, spans_touching
+from .spans import OUTSIDE, class_log_prior, decode_non_overlapping, label_spans, spans_touching
 
 ORACLE_KEY = "contproto_oracle"  # target gold kept aside (reference user_data), never in a loss
 LOSS_TERMS = ("src", "tgt", "cont", "reg")
@@ -73,6 +73,7 @@ class SpanProbabilities:
         "model": DEFAULT_MODEL,
         "spans_key": "contproto",
         "neg_span_weight": 0.5,
+        "prior_bias": False,
         "contproto": {"@misc": "spacy_contproto.ContProto.v1"},
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
@@ -89,6 +90,7 @@ def make_span_contproto(
     model: Model[List[Doc], SpanOutputs],
     spans_key: str,
     neg_span_weight: float,
+    prior_bias: bool,
     contproto: ContProtoSettings,
     scorer: Optional[Callable],
 ) -> "SpanContProto":
@@ -97,13 +99,17 @@ def make_span_contproto(
     model: the span model (spacy_contproto.SpanContProto.v1).
     spans_key: key in doc.spans for all predicted entity spans with their scores.
     neg_span_weight: weight of non-entity ("O") spans in the source cross-entropy.
+    prior_bias: at initialize, set the classifier's output bias to the log class frequencies
+        of the source spans ("O" weighted by neg_span_weight), so that a fresh head starts out
+        predicting "O" instead of spending its first steps learning that prior (the paper is
+        silent; its code leaves PyTorch's default initialisation, i.e. false).
     contproto: training settings (spacy_contproto.ContProto.v1, or
         spacy_contproto.Supervised.v1 for source cross-entropy only).
     scorer: scoring function, by default spaCy's NER scorer (ents_p/r/f).
     """
     return SpanContProto(
         nlp.vocab, model, name, spans_key=spans_key, neg_span_weight=neg_span_weight,
-        contproto=contproto, scorer=scorer,
+        prior_bias=prior_bias, contproto=contproto, scorer=scorer,
     )
 
 
@@ -116,6 +122,7 @@ class SpanContProto(TrainablePipe):
         *,
         spans_key: str = "contproto",
         neg_span_weight: float = 0.5,
+        prior_bias: bool = False,
         contproto: Optional[ContProtoSettings] = None,
         scorer: Optional[Callable] = None,
     ) -> None:
@@ -129,6 +136,7 @@ class SpanContProto(TrainablePipe):
             "labels": [],
             "spans_key": spans_key,
             "neg_span_weight": neg_span_weight,
+            "prior_bias": prior_bias,
             "max_span_length": model.attrs["max_span_length"],
             "token_width": None,
         }
@@ -206,10 +214,20 @@ class SpanContProto(TrainablePipe):
         sample = [eg.x for eg in examples[:64]]
         self.model.initialize(X=sample)
         self.cfg["token_width"] = head.get_dim("nI")
+        if self.cfg.get("prior_bias"):
+            self._set_prior_bias([eg for eg in examples if not is_target(eg)])
         self.state = self._new_state()
         targets = [eg for eg in examples if is_target(eg)]
         if targets:
             self._build_store(targets)
+
+    def _set_prior_bias(self, examples: List[Example]) -> None:
+        spans = doc_spans([eg.predicted for eg in examples], self.max_span_length)
+        gold, scored, _ = self.gold_targets(examples, spans)
+        prior = class_log_prior(gold[scored], len(self.class_names), self.cfg["neg_span_weight"])
+        output = span_head_module(self.model).classifier[-1]
+        with torch.no_grad():
+            output.bias.copy_(torch.as_tensor(prior, dtype=output.bias.dtype))
 
     def _new_state(self) -> SelfTrainingState:
         if self.settings.prototype_space == "projection":

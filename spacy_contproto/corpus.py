@@ -371,6 +371,17 @@ def conll_to_docs(
     ]
 
 
+def find_split(data: Union[str, Path], dataset: str, lang: str, split: str) -> Path:
+    """The one file {data}/{dataset}/{lang}/{split}.* of a corpus folder laid out like
+    ../shared/data (dataset may be a glob such as "conll200*")."""
+    found = sorted(Path(data).glob(f"{dataset}/{lang}/{split}.*"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"Expected one file {data}/{dataset}/{lang}/{split}.*, found {[str(f) for f in found]}"
+        )
+    return found[0]
+
+
 def convert_file(
     input_path: Union[str, Path],
     output_path: Union[str, Path],

@@ -165,8 +165,12 @@ class SelfTrainingState:
         return srsly.msgpack_dumps({k: _encode_array(v) for k, v in self.memory.to_dict().items()})
 
     def from_bytes(self, data: bytes) -> None:
-        msg = srsly.msgpack_loads(data)
-        self.memory.load_dict({k: _decode_array(v) for k, v in msg.items()})
+        self.memory.load_dict(decode_state(data))
+
+
+def decode_state(data: bytes) -> Dict[str, numpy.ndarray]:
+    """The arrays of a saved state (prototypes, margins, margin statistics), e.g. for reports."""
+    return {k: _decode_array(v) for k, v in srsly.msgpack_loads(data).items()}
 
 
 _SAFE_DTYPES = {"<f4", "<f8", "<f2"}

@@ -114,3 +114,14 @@ def decode_non_overlapping(
         covered[token[won[owner]]] = True
         alive &= numpy.bincount(owner, weights=covered[token], minlength=n_spans) == 0
     return accepted
+
+
+def class_log_prior(span_classes: numpy.ndarray, n_classes: int, outside_weight: float = 1.0) -> numpy.ndarray:
+    """log of the (add-one smoothed) class frequencies of labelled spans, with "O" spans
+    counted outside_weight times: an output bias with which an untrained classifier's
+    softmax already predicts these frequencies."""
+    counts = numpy.bincount(numpy.asarray(span_classes, dtype=numpy.int64), minlength=n_classes)
+    counts = counts[:n_classes].astype(numpy.float64) + 1.0
+    counts[OUTSIDE] = (counts[OUTSIDE] - 1.0) * outside_weight + 1.0
+    return numpy.log(counts / counts.sum())
+

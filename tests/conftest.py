@@ -1,6 +1,7 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 import spacy
@@ -29,13 +30,16 @@ def synthetic_corpus(tmp_path_factory) -> dict:
     return paths
 
 
-def run_spacy_train(config: Path, output: Path, encoder: Path, corpus: dict, *overrides: str):
-    cmd = [
+def spacy_train_cmd(config: Path, output: Path, encoder: Path, corpus: dict, *overrides: str) -> List[str]:
+    return [
         sys.executable, "-m", "spacy", "train", str(config), "--output", str(output),
         "--paths.train", str(corpus["train"]), "--paths.dev", str(corpus["dev"]),
         "--paths.encoder", str(encoder), *overrides,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def run_spacy_train(config: Path, output: Path, encoder: Path, corpus: dict, *overrides: str):
+    result = subprocess.run(spacy_train_cmd(config, output, encoder, corpus, *overrides), capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

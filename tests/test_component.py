@@ -261,3 +261,29 @@ def test_torch_weights_are_loaded_with_weights_only(trained_teacher, monkeypatch
 
 class Counterfeit:
     """An arbitrary class: unpickling it would run code of the file's choosing."""
+
+
+def test_prior_bias_starts_a_fresh_head_at_the_weighted_class_frequencies(tiny_encoder):
+    from spacy_contproto.model import span_head_module
+    from spacy_contproto.spans import label_spans
+
+    docs = synthetic_docs(spacy.blank("xx").vocab, 20, seed=4)
+    nlp = build_initialized(tiny_encoder, docs, **{"components.span_contproto.prior_bias": True})
+    pipe = nlp.get_pipe("span_contproto")
+    index = {name: i for i, name in enumerate(pipe.class_names)}
+    spans = doc_spans(docs, pipe.max_span_length)
+    classes, offset = [], 0
+    for doc, n in zip(docs, spans.lengths):
+        gold = numpy.asarray([(e.start, e.end) for e in doc.ents]).reshape(-1, 2)
+        labels = numpy.asarray([index[e.label_] for e in doc.ents])
+        classes.append(label_spans(spans.data[offset : offset + n], gold, labels, len(doc)))
+        offset += n
+    counts = numpy.bincount(numpy.concatenate(classes), minlength=len(index)) + 1.0
+    counts[0] = (counts[0] - 1) * 0.5 + 1  # "O" spans at neg_span_weight
+    bias = span_head_module(pipe.model).classifier[-1].bias.detach().numpy()
+    probs = numpy.exp(bias) / numpy.exp(bias).sum()
+    numpy.testing.assert_allclose(probs, counts / counts.sum(), rtol=1e-5)
+    # without the option the bias is PyTorch's default, not the prior
+    plain = build_initialized(tiny_encoder, docs).get_pipe("span_contproto")
+    plain_bias = span_head_module(plain.model).classifier[-1].bias.detach().numpy()
+    assert not numpy.allclose(plain_bias, bias, atol=0.1)

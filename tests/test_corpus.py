@@ -10,7 +10,7 @@ import spacy
 import srsly
 from spacy.tokens import DocBin
 
-from spacy_contproto.corpus import ConllStats, ConllWarning, conll_to_docs, convert_file, read_conll
+from spacy_contproto.corpus import ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, read_conll
 
 VOCAB = spacy.blank("xx").vocab
 
@@ -327,3 +327,15 @@ def test_cli_errors_without_traceback(tmp_path):
     result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")
     assert result.returncode == 1 and "unknown language 'qq'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_find_split_one_file_per_split(tmp_path):
+    (tmp_path / "conll2002" / "es").mkdir(parents=True)
+    (tmp_path / "conll2002" / "es" / "train.conll").write_text("x O\n")
+    (tmp_path / "conll2002" / "es" / "test.conll").write_text("x O\n")
+    (tmp_path / "conll2002" / "es" / "test.txt").write_text("x O\n")
+    assert find_split(tmp_path, "conll200*", "es", "train") == tmp_path / "conll2002" / "es" / "train.conll"
+    with pytest.raises(FileNotFoundError, match="found \\[\\]"):
+        find_split(tmp_path, "conll2002", "es", "dev")
+    with pytest.raises(FileNotFoundError, match="test.conll.*test.txt"):
+        find_split(tmp_path, "conll2002", "es", "test")

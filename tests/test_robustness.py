@@ -4,7 +4,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 
 import numpy
 import spacy
@@ -16,7 +15,7 @@ from spacy_contproto.pseudo_label import pseudo_label_file
 from spacy_contproto.pseudo_labels import PseudoLabelStore
 from spacy_contproto.testing import synthetic_docs, synthetic_sentences
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, spacy_train_cmd
 from .test_self_training import contproto_nlp, initialize, train_steps
 
 
@@ -118,14 +117,12 @@ def test_one_class_label_set_trains_without_nan(tmp_path, tiny_encoder):
     assert {e.label_ for e in doc.ents} <= {"PER"}
 
 
-def contproto_train_cmd(output, encoder, corpus, target, *overrides):
-    return [
-        sys.executable, "-m", "spacy", "train", str(CONFIGS / "contproto_cpu.cfg"), "--output", str(output),
-        "--paths.train", str(corpus["train"]), "--paths.dev", str(corpus["dev"]),
-        "--paths.target", str(target), "--paths.encoder", str(encoder),
+def contproto_train_cmd(output, encoder, corpus, target, *overrides, config=CONFIGS / "contproto_cpu.cfg"):
+    return spacy_train_cmd(
+        config, output, encoder, corpus, "--paths.target", str(target),
         "--training.optimizer.learn_rate.initial_rate", "0.001", "--training.optimizer.learn_rate.warmup_steps", "2",
         *overrides,
-    ]
+    )
 
 
 def test_two_spacy_train_runs_with_one_seed_agree(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
@@ -177,9 +174,8 @@ def test_interrupted_training_leaves_model_and_store_usable(tmp_path, tiny_encod
     cmd = contproto_train_cmd(
         out, tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"],
         "--training.max_epochs", "3", "--training.eval_frequency", "4", "--paths.pseudo_label_store", str(store),
-        "--code", str(code),
+        "--code", str(code), config=config_path,
     )
-    cmd[4] = str(config_path)
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
     for model in ("model-last", "model-best"):

@@ -15,7 +15,7 @@ from spacy_contproto.component import ORACLE_KEY
 from spacy_contproto.pseudo_labels import PAYLOAD_KEY, decode_payload, encode_payload
 from spacy_contproto.training import SelfTrainingCorpus
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, spacy_train_cmd
 
 
 def contproto_nlp(encoder, corpus, target, **overrides):
@@ -266,14 +266,13 @@ def test_prototypes_and_margins_saved_with_component(tiny_encoder, synthetic_cor
 
 def test_spacy_train_with_contproto_config(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
     log, quality, store = tmp_path / "log.jsonl", tmp_path / "quality.jsonl", tmp_path / "store"
-    cmd = [
-        sys.executable, "-m", "spacy", "train", str(CONFIGS / "contproto_cpu.cfg"), "--output", str(tmp_path / "out"),
-        "--paths.train", str(synthetic_corpus["train"]), "--paths.dev", str(synthetic_corpus["dev"]),
-        "--paths.target", str(target_corpus["pseudo_labelled"]), "--paths.encoder", str(tiny_encoder),
+    cmd = spacy_train_cmd(
+        CONFIGS / "contproto_cpu.cfg", tmp_path / "out", tiny_encoder, synthetic_corpus,
+        "--paths.target", str(target_corpus["pseudo_labelled"]),
         "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
         "--training.logger.output_file", str(log), "--training.max_epochs", "3",
         "--training.eval_frequency", "4", "--training.optimizer.learn_rate.initial_rate", "0.001",
-    ]
+    )
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     header = next(line for line in result.stdout.splitlines() if "LOSS SPAN_CONTPROTO:SRC" in line)

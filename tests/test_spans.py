@@ -3,6 +3,7 @@ import pytest
 
 from spacy_contproto.spans import (
     OUTSIDE,
+    class_log_prior,
     decode_non_overlapping,
     enumerate_spans,
     label_spans,
@@ -103,3 +104,10 @@ def test_decode_matches_sequential_greedy(seed):
 
 def test_decode_empty():
     assert decode_non_overlapping(numpy.zeros((0, 2)), numpy.zeros(0)).shape == (0,)
+
+
+def test_class_log_prior_hand_computed():
+    # counts [4, 1, 1, 0] + 1 smoothing = [5, 2, 2, 1]; "O" at weight 0.5: 4 * 0.5 + 1 = 3
+    prior = class_log_prior(numpy.array([0, 0, 0, 0, 1, 2]), 4, outside_weight=0.5)
+    numpy.testing.assert_allclose(numpy.exp(prior), [3 / 8, 2 / 8, 2 / 8, 1 / 8])
+    numpy.testing.assert_allclose(numpy.exp(class_log_prior(numpy.array([], dtype=int), 3)), [1 / 3] * 3)

@@ -5,20 +5,20 @@ Files are found as {data}/{dataset}/{lang}/{split}.* (the layout of ../shared/da
 demo corpus is written first. Target train sets become unlabelled Docs with their gold
 kept aside (for pseudo-label quality only)."""
 from pathlib import Path
-from typing import List
 
 import typer
 from wasabi import msg
 
+from spacy_contproto import corpus
 from spacy_contproto.corpus import convert_file
 from spacy_contproto.demo import write_demo_corpus
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
-    found: List[Path] = sorted(data.glob(f"{dataset}/{lang}/{split}.*"))
-    if len(found) != 1:
-        msg.fail(f"Expected one file {data}/{dataset}/{lang}/{split}.*, found {[str(f) for f in found]}", exits=1)
-    return found[0]
+    try:
+        return corpus.find_split(data, dataset, lang, split)
+    except FileNotFoundError as err:
+        msg.fail(str(err), exits=1)
 
 
 def main(

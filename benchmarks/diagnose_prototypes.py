@@ -1,0 +1,185 @@
+"""Can the prototypes of a trained student tell the entity classes apart?
+
+ContProto's refinement (eq. 9-10) moves a target span's pseudo label towards the class of its
+nearest prototype. That helps only if, in the projection space, spans of one entity class are
+nearer their own prototype than the others'. This script measures that on gold-labelled target
+test sentences, for the students benchmarks/reproduce.py trained:
+
+- nearest-prototype accuracy on gold entity spans (over entity prototypes only, and over all
+  prototypes including "O"), against the classifier's accuracy on the same spans (its argmax
+  over all classes, and over the entity classes only: how well it types an entity);
+- nearest-centroid accuracy, with centroids of the gold spans themselves: the best any
+  prototype memory could do in that space;
+- mean cosine of gold entity spans to their own prototype and to the nearest other entity
+  prototype (the gap the margin test works with);
+- the same for the span representations z (the classifier's input) by nearest centroid.
+
+    python benchmarks/diagnose_prototypes.py --corpus conll [--protocol 2] de:contproto de:vanilla
+
+Writes benchmarks/results/diagnose_prototypes_{corpus}[_protocol{N}].json and .md.
+"""
+import argparse
+import json
+import platform
+import random
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def span_outputs(nlp, docs, batch_size: int = 64):
+    """Gold class, classifier prediction, projection and representation of every enumerated span."""
+    from spacy.tokens import Doc
+
+    from spacy_contproto.spans import label_spans
+
+    component = nlp.get_pipe("span_contproto")
+    component.model.attrs["predict_projections"] = True
+    class_index = {name: i for i, name in enumerate(component.class_names)}
+    gold_all, pred_all, proj_all, repr_all = [], [], [], []
+    others = [name for name in nlp.pipe_names if name != "span_contproto"]
+    for i in range(0, len(docs), batch_size):
+        batch = docs[i : i + batch_size]
+        inputs = [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in batch]
+        for name in others:
+            inputs = list(nlp.get_pipe(name).pipe(inputs))
+        out = component.model.predict(inputs)
+        offset = 0
+        for doc, n in zip(batch, out.spans.lengths):
+            spans = out.spans.data[offset : offset + n]
+            offset += n
+            gold = numpy.asarray([(e.start, e.end) for e in doc.ents], dtype=numpy.int64).reshape(-1, 2)
+            labels = numpy.asarray([class_index[e.label_] for e in doc.ents], dtype=numpy.int64)
+            gold_all.append(label_spans(spans, gold, labels, len(doc)))
+        ops = component.model.ops
+        pred_all.append(ops.to_numpy(out.logits))
+        proj_all.append(ops.to_numpy(out.projections))
+        repr_all.append(ops.to_numpy(out.representations))
+    return (component, numpy.concatenate(gold_all), numpy.concatenate(pred_all),
+            numpy.concatenate(proj_all), numpy.concatenate(repr_all))
+
+
+def centroid_accuracy(vectors: numpy.ndarray, gold: numpy.ndarray, classes: List[int], normalise: bool) -> float:
+    """Nearest class centroid (of the gold spans themselves), over the given classes."""
+    if normalise:
+        vectors = vectors / numpy.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    centroids = numpy.stack([vectors[gold == c].mean(0) for c in classes])
+    if normalise:
+        centroids /= numpy.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+        nearest = (vectors @ centroids.T).argmax(1)
+    else:
+        nearest = ((vectors[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    return float((numpy.asarray(classes)[nearest] == gold).mean())
+
+
+def diagnose(model_dir: Path, test: Path, n_sentences: int, seed: int) -> Dict:
+    import spacy
+    from spacy.tokens import DocBin
+
+    from spacy_contproto.spans import OUTSIDE
+
+    nlp = spacy.load(model_dir)
+    docs = list(DocBin().from_disk(test).get_docs(nlp.vocab))
+    docs = [d for d in docs if len(d)]
+    random.Random(seed).shuffle(docs)
+    docs = docs[:n_sentences]
+    component, gold, pred, proj, reprs = span_outputs(nlp, docs)
+    names = component.class_names
+    prototypes = component.state.memory.prototypes.numpy() if component.state is not None else None
+    if prototypes is None or not numpy.any(prototypes):
+        raise SystemExit(f"{model_dir}: no prototypes saved with this model")
+    entity = gold != OUTSIDE
+    entity_classes = [c for c in range(len(names)) if c != OUTSIDE and (gold == c).any()]
+    g, logits, z, x = gold[entity], pred[entity], proj[entity], reprs[entity]
+    p = logits.argmax(1)
+    typed = numpy.full_like(logits, -numpy.inf)
+    typed[:, entity_classes] = logits[:, entity_classes]
+    p_typed = typed.argmax(1)
+    sims = z @ prototypes.T
+    own = sims[numpy.arange(len(g)), g]
+    other = sims.copy()
+    other[numpy.arange(len(g)), g] = -numpy.inf
+    other[:, OUTSIDE] = -numpy.inf
+    entity_only = numpy.full_like(sims, -numpy.inf)
+    entity_only[:, entity_classes] = sims[:, entity_classes]
+    per_class = {}
+    for c in entity_classes:
+        m = g == c
+        per_class[names[c]] = {"spans": int(m.sum()),
+                               "nearest_entity_prototype_accuracy": round(float((entity_only[m].argmax(1) == c).mean()), 4),
+                               "classifier_accuracy": round(float((p[m] == c).mean()), 4),
+                               "classifier_entity_type_accuracy": round(float((p_typed[m] == c).mean()), 4)}
+    return {
+        "model": str(model_dir), "test": str(test), "sentences": len(docs), "spans": int(len(gold)),
+        "gold_entity_spans_enumerated": int(entity.sum()), "classes": names,
+        "classifier_accuracy": round(float((p == g).mean()), 4),
+        "classifier_entity_type_accuracy": round(float((p_typed == g).mean()), 4),
+        "nearest_prototype_accuracy_all_classes": round(float((sims.argmax(1) == g).mean()), 4),
+        "nearest_entity_prototype_accuracy": round(float((entity_only.argmax(1) == g).mean()), 4),
+        "projection_nearest_centroid_accuracy": round(centroid_accuracy(z, g, entity_classes, True), 4),
+        "representation_nearest_centroid_accuracy": round(centroid_accuracy(x, g, entity_classes, False), 4),
+        "mean_cosine_to_own_prototype": round(float(own.mean()), 4),
+        "mean_cosine_to_nearest_other_entity_prototype": round(float(other.max(1).mean()), 4),
+        "share_nearer_own_than_any_other_entity_prototype": round(float((own > other.max(1)).mean()), 4),
+        "o_spans_nearest_prototype_is_o": round(float((proj[~entity] @ prototypes.T).argmax(1).__eq__(OUTSIDE).mean()), 4),
+        "margins": [round(float(m), 4) for m in component.state.memory.margins.numpy()],
+        "per_class": per_class,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="+", help="LANG:VARIANT of benchmarks/reproduce.py students")
+    parser.add_argument("--corpus", default="conll")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
+    parser.add_argument("--protocol", type=int, default=1, help="protocol version of benchmarks/reproduce.py")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    if args.protocol > 1:
+        args.work = args.work / f"protocol{args.protocol}"
+    results = []
+    for cell in args.cells:
+        lang, _, variant = cell.partition(":")
+        model = args.work / args.corpus / f"student-{lang}-{variant}" / "model-last"
+        if not model.exists():
+            sys.exit(f"{model} does not exist: train it with benchmarks/reproduce.py grid {cell}")
+        result = {"protocol_version": args.protocol, "target": lang, "variant": variant,
+                  **diagnose(model, args.work / args.corpus / "corpus" / f"{lang}_test.spacy", args.sentences, args.seed)}
+        results.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
+    out = RESULTS / f"diagnose_prototypes_{args.corpus}" if args.protocol == 1 else \
+        RESULTS / f"diagnose_prototypes_{args.corpus}_protocol{args.protocol}"
+    machine = {"platform": platform.platform(), "torch_threads": 1}
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": results}, indent=2))
+    lines = [f"# Prototype diagnostics ({args.corpus}, protocol {args.protocol}; generated by "
+             "benchmarks/diagnose_prototypes.py)", "",
+             f"{args.sentences} target test sentences (seed {args.seed}), model-last of each student; "
+             "accuracies over the enumerated spans that match a gold entity.", "",
+             "| target | student | gold entity spans | classifier acc. | classifier entity-type acc. | nearest entity prototype acc. | "
+             "nearest prototype acc. (incl. O) | gold-centroid acc., projections | gold-centroid acc., z | "
+             "cos own prototype | cos nearest other entity prototype |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['target']} | {r['variant']} | {r['gold_entity_spans_enumerated']} | {r['classifier_accuracy']:.3f} | {r['classifier_entity_type_accuracy']:.3f} | "
+                     f"{r['nearest_entity_prototype_accuracy']:.3f} | {r['nearest_prototype_accuracy_all_classes']:.3f} | "
+                     f"{r['projection_nearest_centroid_accuracy']:.3f} | {r['representation_nearest_centroid_accuracy']:.3f} | "
+                     f"{r['mean_cosine_to_own_prototype']:.3f} | {r['mean_cosine_to_nearest_other_entity_prototype']:.3f} |")
+    lines += ["", "Per class, nearest entity prototype / classifier entity-type accuracy:", ""]
+    for r in results:
+        parts = [f"{c} {v['nearest_entity_prototype_accuracy']:.2f} / {v['classifier_entity_type_accuracy']:.2f} (n={v['spans']})"
+                 for c, v in r["per_class"].items()]
+        lines.append(f"- {r['target']} {r['variant']}: " + ", ".join(parts))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
