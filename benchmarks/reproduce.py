@@ -215,6 +215,21 @@ def evaluate(model: Path, test: Path) -> dict:
             "test_sentences": len(gold), "test_words": n_words, "inference_words_per_s": round(n_words / seconds, 1)}
 
 
+def dev_curve(log: Path) -> List[dict]:
+    """(epoch, step, source dev F1) at each evaluation, read from spaCy's training table in a run log."""
+    import re
+
+    curve, columns = [], None
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        cells = re.split(r"\s{2,}|\s+(?=\d)", line.strip())
+        if "ENTS_F" in line:
+            columns = re.split(r"\s{2,}", line.strip())
+        elif columns and re.match(r"^\s*\d+\s+\d+\s", line) and len(cells) == len(columns):
+            row = dict(zip(columns, cells))
+            curve.append({"epoch": int(cells[0]), "step": int(cells[1]), "dev_f1": float(row["ENTS_F"])})
+    return curve
+
+
 def unreachable_gold(test: Path, max_span_length: int) -> dict:
     """Gold test entities longer than max_span_length: no span model with this setting can
     predict them, so they bound recall (they are counted as misses)."""
@@ -367,7 +382,8 @@ def teacher(args) -> None:
     for lang in spec["targets"]:
         result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
                   "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
-                  "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+                  "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
+                  "test": evaluate(model, corpus / f"{lang}_test.spacy"),
                   "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
         write_json(args.runs / f"{args.corpus}-{lang}-zero_shot-seed{args.protocol['training_seed']}.json", result)
         print(f"zero-shot {lang}: F1 {result['test']['f1']}")
@@ -417,7 +433,8 @@ def student(args, lang: str, variant: str) -> None:
     n_target = args.protocol["target_train_sentences"]
     result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": args.protocol["training_seed"],
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
-              "source_dev_f1": dev_score(model), **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+              "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / f"student-{lang}-{variant}.log"),
+              **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
               "prototypes_at_end": prototype_summary(out / "model-last"),
@@ -441,6 +458,11 @@ def backfill(args) -> None:
             result["test"].update(unreachable_gold(test, result["protocol"]["max_span_length"]))
             write_json(path, result)
             print(f"{path.name}: unreachable gold entities added")
+        if "dev_curve" not in result:
+            name = "teacher" if result["variant"] == "zero_shot" else f"student-{result['target']}-{result['variant']}"
+            result["dev_curve"] = dev_curve(args.work / args.corpus / "logs" / f"{name}.log")
+            write_json(path, result)
+            print(f"{path.name}: dev curve added")
         if result["variant"] == "zero_shot":
             continue
         out = args.work / args.corpus / f"student-{result['target']}-{result['variant']}"
@@ -536,6 +558,22 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                          f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r['training_steps']} | "
                          f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
                          f"{gib(r['peak_rss_mb'])} | {per if per else ''} |")
+        curves = [r for r in cells if r.get("dev_curve")]
+        if curves:
+            steps = sorted({c["step"] for r in curves for c in r["dev_curve"]})
+            lines += ["", "### Source dev F1 at each evaluation step (model-best is the highest)", "",
+                      "| target | method | " + " | ".join(f"step {s}" for s in steps) + " |",
+                      "|---|---|" + "---|" * len(steps)]
+            seen_teacher = False
+            for r in curves:
+                if r["variant"] == "zero_shot":
+                    if seen_teacher:
+                        continue  # one teacher serves every target
+                    seen_teacher = True
+                by_step = {c["step"]: c["dev_f1"] for c in r["dev_curve"]}
+                who = "(teacher)" if r["variant"] == "zero_shot" else r["target"]
+                lines.append(f"| {who} | {VARIANT_NAMES[r['variant']]} | "
+                             + " | ".join(f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) + " |")
         quality = [r for r in cells if r.get("pseudo_label_quality")]
         if quality:
             lines += ["", "### Pseudo-label oracle F1 per epoch (epoch 0 = teacher labels; gold used for this log only)", "",
