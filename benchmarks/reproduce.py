@@ -137,7 +137,7 @@ def run_measured(cmd: List[str], log: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
     return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "load_avg_end": os.getloadavg()}
+            "load_avg_end": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
@@ -442,7 +442,8 @@ def student(args, lang: str, variant: str) -> None:
               "store_bytes": store_bytes,
               "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
               if labels.exists() else None,
-              "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
+              "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd,
+              **({"run_note": args.note} if args.note else {})}
     write_json(args.runs / f"{args.corpus}-{lang}-{variant}-seed{args.protocol['training_seed']}.json", result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
@@ -660,6 +661,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
     parser.add_argument("--encoder", type=Path, default=REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
+    parser.add_argument("--note", help="recorded in the run JSONs, e.g. what ran beside them")
     parser.add_argument("--protocol", type=int, choices=sorted(PROTOCOLS), default=max(PROTOCOLS),
                         help="protocol version (default: the latest); `report` covers all of them")
     args = parser.parse_intermixed_args()
