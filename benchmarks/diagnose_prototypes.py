@@ -33,34 +33,25 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def span_outputs(nlp, docs, batch_size: int = 64):
-    """Gold class, classifier prediction, projection and representation of every enumerated span."""
+    """Gold class, classifier logits, projection and representation of every enumerated span."""
     from spacy.tokens import Doc
-
-    from spacy_contproto.spans import label_spans
+    from spacy.training import Example
 
     component = nlp.get_pipe("span_contproto")
     component.model.attrs["predict_projections"] = True
-    class_index = {name: i for i, name in enumerate(component.class_names)}
-    gold_all, pred_all, proj_all, repr_all = [], [], [], []
-    others = [name for name in nlp.pipe_names if name != "span_contproto"]
+    ops = component.model.ops
+    gold_all, logits_all, proj_all, repr_all = [], [], [], []
     for i in range(0, len(docs), batch_size):
         batch = docs[i : i + batch_size]
-        inputs = [Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in batch]
-        for name in others:
-            inputs = list(nlp.get_pipe(name).pipe(inputs))
+        words = (Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in batch)
+        inputs = list(nlp.pipe(words, disable=["span_contproto"]))
         out = component.model.predict(inputs)
-        offset = 0
-        for doc, n in zip(batch, out.spans.lengths):
-            spans = out.spans.data[offset : offset + n]
-            offset += n
-            gold = numpy.asarray([(e.start, e.end) for e in doc.ents], dtype=numpy.int64).reshape(-1, 2)
-            labels = numpy.asarray([class_index[e.label_] for e in doc.ents], dtype=numpy.int64)
-            gold_all.append(label_spans(spans, gold, labels, len(doc)))
-        ops = component.model.ops
-        pred_all.append(ops.to_numpy(out.logits))
+        gold, _, _ = component.gold_targets([Example(x, y) for x, y in zip(inputs, batch)], out.spans)
+        gold_all.append(gold)
+        logits_all.append(ops.to_numpy(out.logits))
         proj_all.append(ops.to_numpy(out.projections))
         repr_all.append(ops.to_numpy(out.representations))
-    return (component, numpy.concatenate(gold_all), numpy.concatenate(pred_all),
+    return (component, numpy.concatenate(gold_all), numpy.concatenate(logits_all),
             numpy.concatenate(proj_all), numpy.concatenate(repr_all))
 
 
@@ -88,14 +79,14 @@ def diagnose(model_dir: Path, test: Path, n_sentences: int, seed: int) -> Dict:
     docs = [d for d in docs if len(d)]
     random.Random(seed).shuffle(docs)
     docs = docs[:n_sentences]
-    component, gold, pred, proj, reprs = span_outputs(nlp, docs)
+    component, gold, logits_all, proj, reprs = span_outputs(nlp, docs)
     names = component.class_names
     prototypes = component.state.memory.prototypes.numpy() if component.state is not None else None
     if prototypes is None or not numpy.any(prototypes):
         raise SystemExit(f"{model_dir}: no prototypes saved with this model")
     entity = gold != OUTSIDE
     entity_classes = [c for c in range(len(names)) if c != OUTSIDE and (gold == c).any()]
-    g, logits, z, x = gold[entity], pred[entity], proj[entity], reprs[entity]
+    g, logits, z, x = gold[entity], logits_all[entity], proj[entity], reprs[entity]
     p = logits.argmax(1)
     typed = numpy.full_like(logits, -numpy.inf)
     typed[:, entity_classes] = logits[:, entity_classes]
@@ -126,7 +117,7 @@ def diagnose(model_dir: Path, test: Path, n_sentences: int, seed: int) -> Dict:
         "mean_cosine_to_own_prototype": round(float(own.mean()), 4),
         "mean_cosine_to_nearest_other_entity_prototype": round(float(other.max(1).mean()), 4),
         "share_nearer_own_than_any_other_entity_prototype": round(float((own > other.max(1)).mean()), 4),
-        "o_spans_nearest_prototype_is_o": round(float((proj[~entity] @ prototypes.T).argmax(1).__eq__(OUTSIDE).mean()), 4),
+        "o_spans_nearest_prototype_is_o": round(float(((proj[~entity] @ prototypes.T).argmax(1) == OUTSIDE).mean()), 4),
         "margins": [round(float(m), 4) for m in component.state.memory.margins.numpy()],
         "per_class": per_class,
     }

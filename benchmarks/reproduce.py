@@ -209,7 +209,7 @@ def evaluate(model: Path, test: Path) -> dict:
     seconds = time.time() - start
     n_words = sum(len(d) for d in gold)
     f1_seqeval = f1_score([iob_tags(d) for d in gold], [iob_tags(d) for d in predicted])
-    return {**unreachable_gold(test, nlp.get_pipe("span_contproto").max_span_length), "f1": round(100 * scores["ents_f"], 2), "precision": round(100 * scores["ents_p"], 2),
+    return {**unreachable_gold(gold, nlp.get_pipe("span_contproto").max_span_length), "f1": round(100 * scores["ents_f"], 2), "precision": round(100 * scores["ents_p"], 2),
             "recall": round(100 * scores["ents_r"], 2), "seqeval_f1": round(100 * f1_seqeval, 2),
             "per_type": {k: {m: round(100 * v, 2) for m, v in s.items()} for k, s in scores["ents_per_type"].items()},
             "test_sentences": len(gold), "test_words": n_words, "inference_words_per_s": round(n_words / seconds, 1)}
@@ -230,13 +230,10 @@ def dev_curve(log: Path) -> List[dict]:
     return curve
 
 
-def unreachable_gold(test: Path, max_span_length: int) -> dict:
+def unreachable_gold(gold_docs: List, max_span_length: int) -> dict:
     """Gold test entities longer than max_span_length: no span model with this setting can
     predict them, so they bound recall (they are counted as misses)."""
-    import spacy
-    from spacy.tokens import DocBin
-
-    lengths = [len(e) for d in DocBin().from_disk(test).get_docs(spacy.blank("xx").vocab) for e in d.ents]
+    lengths = [len(e) for d in gold_docs for e in d.ents]
     longer = sum(n > max_span_length for n in lengths)
     return {"gold_entities": len(lengths), "gold_entities_longer_than_max_span": longer,
             "max_recall": round(100 * (1 - longer / max(len(lengths), 1)), 2)}
@@ -300,38 +297,28 @@ def label_shift(pseudo_labelled: Path, store_dir: Path) -> Optional[dict]:
 def oracle_quality(pseudo_labelled: Path, store_dir: Path, max_span_length: int) -> Optional[List[dict]]:
     """Oracle P/R/F1 of the teacher's pseudo labels and of the store's final ones against the target
     gold kept in the pseudo-labelled file: the first and last rows of a training's quality log, for a
-    run whose log was lost. Decoded like the training's own log."""
+    run whose log was lost. Counted like the training's own log."""
     import numpy
     import spacy
     from spacy.tokens import DocBin
 
     from spacy_contproto.model import doc_spans
     from spacy_contproto.pseudo_labels import PAYLOAD_KEY, PseudoLabelStore, decode_payload
-    from spacy_contproto.spans import OUTSIDE, decode_non_overlapping
+    from spacy_contproto.self_training import entity_match_counts, micro_prf
 
     if not (store_dir / "meta.json").exists():
         return None
     store = PseudoLabelStore.open(store_dir)
-    counts = {"teacher": [0, 0, 0], "store": [0, 0, 0]}
+    counts = {"teacher": numpy.zeros(3, dtype=numpy.int64), "store": numpy.zeros(3, dtype=numpy.int64)}
     for doc in DocBin(store_user_data=True).from_disk(pseudo_labelled).get_docs(spacy.blank("xx").vocab):
         doc_id, teacher_probs, classes, _ = decode_payload(doc.user_data[PAYLOAD_KEY])
         spans = doc_spans([doc], max_span_length).data
-        gold = {(e.start, e.end, classes.index(e.label_)) for e in doc.ents if e.label_ in classes}
-        for name, probs in (("teacher", teacher_probs), ("store", store.get(doc_id).astype("float32"))):
-            best = probs.argmax(axis=1)
-            is_entity = best != OUTSIDE
-            cand, labels = spans[is_entity], best[is_entity]
-            keep = decode_non_overlapping(cand, probs[is_entity][numpy.arange(len(labels)), labels])
-            predicted = {(int(a), int(b), int(c)) for (a, b), c in zip(cand[keep], labels[keep])}
-            counts[name][0] += len(predicted & gold)
-            counts[name][1] += len(predicted)
-            counts[name][2] += len(gold)
-    rows = []
-    for name, (tp, n_pred, n_gold) in counts.items():
-        prec, rec = tp / max(n_pred, 1), tp / max(n_gold, 1)
-        rows.append({"labels": name, "precision": prec, "recall": rec,
-                     "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "n_gold": n_gold})
-    return rows
+        known = [e for e in doc.ents if e.label_ in classes]
+        gold_spans = numpy.asarray([(e.start, e.end) for e in known], dtype=numpy.int64).reshape(-1, 2)
+        gold_labels = numpy.asarray([classes.index(e.label_) for e in known], dtype=numpy.int64)
+        counts["teacher"] += entity_match_counts(teacher_probs, spans, gold_spans, gold_labels)
+        counts["store"] += entity_match_counts(store.get(doc_id).astype("float32"), spans, gold_spans, gold_labels)
+    return [{"labels": name, **micro_prf(*c)} for name, c in counts.items()]
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -452,11 +439,15 @@ def backfill(args) -> None:
     """Add what finished run JSONs lack: the unreachable gold entities of the test set, and for
     students prototypes_at_end, pseudo_label_shift and (when the run's log was lost) the first and
     last rows of the pseudo-label quality log, recomputed."""
+    import spacy
+    from spacy.tokens import DocBin
+
     for path in sorted(args.runs.glob(f"{args.corpus}-*.json")):
         result = json.loads(path.read_text())
         if "max_recall" not in result["test"]:
             test = args.work / args.corpus / "corpus" / f"{result['target']}_test.spacy"
-            result["test"].update(unreachable_gold(test, result["protocol"]["max_span_length"]))
+            gold = DocBin().from_disk(test).get_docs(spacy.blank("xx").vocab)
+            result["test"].update(unreachable_gold(gold, result["protocol"]["max_span_length"]))
             write_json(path, result)
             print(f"{path.name}: unreachable gold entities added")
         if "dev_curve" not in result:

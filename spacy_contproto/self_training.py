@@ -130,23 +130,10 @@ class SelfTrainingState:
         against the target gold kept aside, or None without gold."""
         if not self.oracle or self.store is None:
             return None
-        tp = n_pred = n_gold = 0
+        counts = numpy.zeros(3, dtype=numpy.int64)
         for doc_id, (spans, gold_spans, gold_labels) in self.oracle.items():
-            probs = self.store.get(doc_id)
-            best = probs.argmax(axis=1)
-            is_entity = best != OUTSIDE
-            cand, cand_labels = spans[is_entity], best[is_entity]
-            scores = probs[is_entity][numpy.arange(len(cand_labels)), cand_labels]
-            keep = decode_non_overlapping(cand, scores)
-            predicted = {(int(s), int(e), int(c)) for (s, e), c in zip(cand[keep], cand_labels[keep])}
-            gold = {(int(s), int(e), int(c)) for (s, e), c in zip(gold_spans, gold_labels)}
-            tp += len(predicted & gold)
-            n_pred += len(predicted)
-            n_gold += len(gold)
-        p = tp / n_pred if n_pred else 0.0
-        r = tp / n_gold if n_gold else 0.0
-        f = 2 * p * r / (p + r) if p + r else 0.0
-        return {"precision": p, "recall": r, "f1": f, "n_docs": len(self.oracle), "n_gold": n_gold}
+            counts += entity_match_counts(self.store.get(doc_id), spans, gold_spans, gold_labels)
+        return {**micro_prf(*counts), "n_docs": len(self.oracle)}
 
     def log_quality(self, epoch: int) -> None:
         if self.settings.quality_log is None:
@@ -166,6 +153,29 @@ class SelfTrainingState:
 
     def from_bytes(self, data: bytes) -> None:
         self.memory.load_dict(decode_state(data))
+
+
+def entity_match_counts(
+    probs: numpy.ndarray, spans: numpy.ndarray, gold_spans: numpy.ndarray, gold_labels: numpy.ndarray
+) -> Tuple[int, int, int]:
+    """(correct, predicted, gold) entities of one Doc's span class probabilities, decoded like
+    predictions (argmax, then non-overlapping by probability), against its gold entities."""
+    best = probs.argmax(axis=1)
+    is_entity = best != OUTSIDE
+    cand, cand_labels = spans[is_entity], best[is_entity]
+    scores = probs[is_entity][numpy.arange(len(cand_labels)), cand_labels]
+    keep = decode_non_overlapping(cand, scores)
+    predicted = {(int(s), int(e), int(c)) for (s, e), c in zip(cand[keep], cand_labels[keep])}
+    gold = {(int(s), int(e), int(c)) for (s, e), c in zip(gold_spans, gold_labels)}
+    return len(predicted & gold), len(predicted), len(gold)
+
+
+def micro_prf(tp: int, n_pred: int, n_gold: int) -> Dict[str, float]:
+    tp, n_pred, n_gold = int(tp), int(n_pred), int(n_gold)
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f, "n_gold": n_gold}
 
 
 def decode_state(data: bytes) -> Dict[str, numpy.ndarray]:

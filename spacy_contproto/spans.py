@@ -124,4 +124,3 @@ def class_log_prior(span_classes: numpy.ndarray, n_classes: int, outside_weight:
     counts = counts[:n_classes].astype(numpy.float64) + 1.0
     counts[OUTSIDE] = (counts[OUTSIDE] - 1.0) * outside_weight + 1.0
     return numpy.log(counts / counts.sum())
-
