@@ -98,6 +98,11 @@ def runs_dir(version: int) -> Path:
     return RUNS if version == 1 else RUNS / f"protocol{version}"
 
 
+def student_name(lang: str, variant: str, seed: int) -> str:
+    """Folder and log name of a student run (seed 0 keeps the name the first runs had)."""
+    return f"student-{lang}-{variant}" + (f"-seed{seed}" if seed else "")
+
+
 # Table 3 rows as config overrides of configs/contproto_cpu.cfg
 VARIANTS: Dict[str, Dict[str, str]] = {
     "contproto": {},
@@ -367,6 +372,19 @@ def teacher(args) -> None:
     usage = run_measured(cmd, work / "logs" / "teacher.log")
     model = out / "model-best"
     for lang in spec["targets"]:
+        path = args.runs / f"{args.corpus}-{lang}-zero_shot-seed{args.protocol['training_seed']}.json"
+        if path.exists():
+            # a teacher retrained for later students (its model is kept outside the repository)
+            # never replaces the recorded run: it is checked against it
+            record = json.loads(path.read_text())
+            check = {"test_f1": evaluate(model, corpus / f"{lang}_test.spacy")["f1"], "source_dev_f1": dev_score(model),
+                     **usage, "date": time.strftime("%Y-%m-%d")}
+            record.setdefault("retrained", []).append(check)
+            write_json(path, record)
+            same = check["test_f1"] == record["test"]["f1"]
+            print(f"zero-shot {lang}: retrained teacher F1 {check['test_f1']} "
+                  f"({'identical to' if same else 'DIFFERS from'} the recorded {record['test']['f1']})")
+            continue
         result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
                   "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
                   "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
@@ -390,7 +408,9 @@ def pseudo_label(args, lang: str) -> Path:
 def student(args, lang: str, variant: str) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
-    corpus, out = work / "corpus", work / f"student-{lang}-{variant}"
+    seed = args.protocol["training_seed"]
+    name = student_name(lang, variant, seed)
+    corpus, out = work / "corpus", work / name
     target = pseudo_label(args, lang)
     src = spec["source"][1]
     steps = args.protocol["student_epochs"] * -(-args.protocol["source_train_sentences"] // 16)
@@ -412,15 +432,16 @@ def student(args, lang: str, variant: str) -> None:
     else:
         usage_file.unlink(missing_ok=True)
         quality.unlink(missing_ok=True)
-        usage = run_measured(cmd, work / "logs" / f"student-{lang}-{variant}.log")
+        usage = run_measured(cmd, work / "logs" / f"{name}.log")
         write_json(usage_file, usage)
     model = out / "model-best"
     store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
     labels = store / "labels.f16"
     n_target = args.protocol["target_train_sentences"]
-    result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": args.protocol["training_seed"],
+    result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": seed,
+              "teacher_seed": PROTOCOLS[args.protocol_version]["training_seed"],
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
-              "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / f"student-{lang}-{variant}.log"),
+              "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / f"{name}.log"),
               **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
@@ -431,7 +452,7 @@ def student(args, lang: str, variant: str) -> None:
               if labels.exists() else None,
               "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd,
               **({"run_note": args.note} if args.note else {})}
-    write_json(args.runs / f"{args.corpus}-{lang}-{variant}-seed{args.protocol['training_seed']}.json", result)
+    write_json(args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json", result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
 
@@ -451,13 +472,13 @@ def backfill(args) -> None:
             write_json(path, result)
             print(f"{path.name}: unreachable gold entities added")
         if "dev_curve" not in result:
-            name = "teacher" if result["variant"] == "zero_shot" else f"student-{result['target']}-{result['variant']}"
+            name = "teacher" if result["variant"] == "zero_shot" else student_name(result["target"], result["variant"], result["seed"])
             result["dev_curve"] = dev_curve(args.work / args.corpus / "logs" / f"{name}.log")
             write_json(path, result)
             print(f"{path.name}: dev curve added")
         if result["variant"] == "zero_shot":
             continue
-        out = args.work / args.corpus / f"student-{result['target']}-{result['variant']}"
+        out = args.work / args.corpus / student_name(result["target"], result["variant"], result["seed"])
         target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
         if not result.get("pseudo_label_quality"):
             rows = oracle_quality(target, out / "pseudo_labels", result["protocol"]["max_span_length"])
@@ -529,24 +550,30 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         if not cells:
             continue
         langs = list(spec["targets"])
-        lines += ["", f"## {corpus}: F1 (protocol {version}, seed 0) | paper", "",
-                  "| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
+        seeds = sorted({r["seed"] for r in cells})
+        lines += ["", f"## {corpus}: F1 (protocol {version}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | paper", ""]
+        if len(seeds) > 1:
+            lines += ["A cell with more than one seed gives the mean, then each seed's F1 in seed order "
+                      "(students only; one teacher, seed 0, serves them all).", ""]
+        lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
                   "|---|" + "---|" * (2 * len(langs))]
         for variant in ["zero_shot", *VARIANTS]:
-            got = {r["target"]: r for r in cells if r["variant"] == variant}
+            got: Dict[str, List[float]] = {}
+            for r in sorted((r for r in cells if r["variant"] == variant), key=lambda r: r["seed"]):
+                got.setdefault(r["target"], []).append(r["test"]["f1"])
             if not got:
                 continue
-            ours = [f"{got[t]['test']['f1']:.2f}" if t in got else "" for t in langs]
+            ours = [f1_cell(got[t]) if t in got else "" for t in langs]
             paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
             theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
             lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
         lines += ["", "### Runs", "",
-                  "| target | method | test P / R / F1 | seqeval F1 | max recall | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in cells:
             t = r["test"]
             per = r.get("store_label_bytes_per_target_sentence")
-            lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {t['precision']:.2f} / {t['recall']:.2f} / "
+            lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {r['seed']} | {t['precision']:.2f} / {t['recall']:.2f} / "
                          f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r['training_steps']} | "
                          f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
                          f"{gib(r['peak_rss_mb'])} | {per if per else ''} |")
@@ -564,7 +591,7 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                     seen_teacher = True
                 by_step = {c["step"]: c["dev_f1"] for c in r["dev_curve"]}
                 who = "(teacher)" if r["variant"] == "zero_shot" else r["target"]
-                lines.append(f"| {who} | {VARIANT_NAMES[r['variant']]} | "
+                lines.append(f"| {who} | {method_label(r)} | "
                              + " | ".join(f"{by_step[s]:.2f}" if s in by_step else "" for s in steps) + " |")
         quality = [r for r in cells if r.get("pseudo_label_quality")]
         if quality:
@@ -575,7 +602,7 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                 by_epoch = {q["epoch"]: q for q in r["pseudo_label_quality"]}
                 row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
                        for e in range(protocol["student_epochs"] + 1)]
-                lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | " + " | ".join(row) + " |")
+                lines.append(f"| {r['target']} | {method_label(r)} | " + " | ".join(row) + " |")
     with_prototypes = [r for r in runs if r.get("prototypes_at_end")]
     if with_prototypes:
         lines += ["", "### Prototypes at the end of training (model-last)", "",
@@ -588,7 +615,7 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
             cos = summary["prototype_cosines"]
             entity = range(1, len(cos))
             top = max((cos[i][j] for i in entity for j in entity if i < j), default=float("nan"))
-            lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {margins} | {top:.3f} |")
+            lines.append(f"| {r['corpus']} | {r['target']} | {method_label(r)} | {margins} | {top:.3f} |")
     shifted = [r for r in runs if r.get("pseudo_label_shift")]
     if shifted:
         lines += ["", "### How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
@@ -597,9 +624,20 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         for r in shifted:
             x = r["pseudo_label_shift"]
             top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
-            lines.append(f"| {r['corpus']} | {r['target']} | {VARIANT_NAMES[r['variant']]} | {x['spans']} | "
+            lines.append(f"| {r['corpus']} | {r['target']} | {method_label(r)} | {x['spans']} | "
                          f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
     return lines
+
+
+def f1_cell(scores: List[float]) -> str:
+    """One F1 cell: the score, or the mean over seeds followed by each seed's score."""
+    if len(scores) == 1:
+        return f"{scores[0]:.2f}"
+    return f"{sum(scores) / len(scores):.2f} ({', '.join(f'{x:.2f}' for x in scores)})"
+
+
+def method_label(run: dict) -> str:
+    return VARIANT_NAMES[run["variant"]] + (f", seed {run['seed']}" if run["seed"] else "")
 
 
 def gib(mb: Optional[float]) -> str:
@@ -627,11 +665,12 @@ def speed_section(runs: List[dict]) -> List[str]:
                   + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
                   ""]
     for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
-        by = {(r["target"], r["variant"]): r for r in runs
+        by = {(r["target"], r["variant"], r["seed"]): r for r in runs
               if r["corpus"] == corpus and r.get("protocol_version", 1) == version}
-        pairs = [(t, by[(t, "contproto")], by[(t, "vanilla")]) for t, v in by if v == "vanilla" and (t, "contproto") in by]
-        for target, cp, va in pairs:
-            lines.append(f"- protocol {version}, {corpus} {target}, real batches of the grid (wall time incl. evaluation / steps): "
+        pairs = [(t, seed, by[(t, "contproto", seed)], by[(t, "vanilla", seed)])
+                 for t, v, seed in by if v == "vanilla" and (t, "contproto", seed) in by]
+        for target, seed, cp, va in pairs:
+            lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}, real batches of the grid (wall time incl. evaluation / steps): "
                          f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
                          f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
                          f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}.")
@@ -655,11 +694,17 @@ def main() -> None:
     parser.add_argument("--note", help="recorded in the run JSONs, e.g. what ran beside them")
     parser.add_argument("--protocol", type=int, choices=sorted(PROTOCOLS), default=max(PROTOCOLS),
                         help="protocol version (default: the latest); `report` covers all of them")
+    parser.add_argument("--seed", type=int, help="grid: the students' training seed (default: the protocol's); "
+                        "every student starts from the one teacher, trained with the protocol's seed")
     args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     args.protocol_version, args.protocol, args.runs = args.protocol, PROTOCOLS[args.protocol], runs_dir(args.protocol)
     if args.protocol_version > 1:
         args.work = args.work / f"protocol{args.protocol_version}"
+    if args.seed is not None:
+        if args.step != "grid":
+            sys.exit("--seed is for grid: the teacher is trained with the protocol's seed")
+        args.protocol = {**args.protocol, "training_seed": args.seed}
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
     steps = {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report, "backfill": backfill}
