@@ -444,6 +444,9 @@ def student(args, lang: str, variant: str) -> None:
     n_target = args.protocol["target_train_sentences"]
     result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": seed,
               "teacher_seed": PROTOCOLS[args.protocol_version]["training_seed"],
+              # CPU training is not bit-reproducible under load, so a retrained teacher differs a little:
+              # its source dev F1 tells which teacher run a student started from
+              "teacher_source_dev_f1": dev_score(work / "teacher" / "model-best"),
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
               "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / f"{name}.log"),
               **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
@@ -482,6 +485,12 @@ def backfill(args) -> None:
             print(f"{path.name}: dev curve added")
         if result["variant"] == "zero_shot":
             continue
+        if "teacher_source_dev_f1" not in result:
+            # runs recorded before students noted their teacher started from the recorded one
+            zero_shot = json.loads((args.runs / f"{args.corpus}-{result['target']}-zero_shot-seed0.json").read_text())
+            result["teacher_source_dev_f1"] = zero_shot["source_dev_f1"]
+            write_json(path, result)
+            print(f"{path.name}: teacher_source_dev_f1 added")
         out = args.work / args.corpus / student_name(result["target"], result["variant"], result["seed"])
         target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
         if not result.get("pseudo_label_quality"):
@@ -571,14 +580,20 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
             paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
             theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
             lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
+            retrained = {r["target"]: r["retrained"] for r in cells if r["variant"] == variant and r.get("retrained")}
+            for i in range(max((len(x) for x in retrained.values()), default=0)):
+                dev = next(x[i]["source_dev_f1"] for x in retrained.values() if len(x) > i)
+                row = [f"{retrained[t][i]['test_f1']:.2f}" if len(retrained.get(t, [])) > i else "" for t in langs]
+                lines.append(f"| zero-shot, teacher retrained with the same seed (source dev F1 {dev}) | "
+                             + " | ".join(row + [""] * len(langs)) + " |")
         lines += ["", "### Runs", "",
-                  "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | teacher's source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in cells:
             t = r["test"]
             per = r.get("store_label_bytes_per_target_sentence")
             lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {r['seed']} | {t['precision']:.2f} / {t['recall']:.2f} / "
-                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r['training_steps']} | "
+                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r.get('teacher_source_dev_f1', '')} | {r['training_steps']} | "
                          f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
                          f"{gib(r['peak_rss_mb'])} | {per if per else ''} |")
         curves = [r for r in cells if r.get("dev_curve")]
