@@ -2,6 +2,7 @@
 Docs with pseudo-labelled target Docs, the schedule callback and a console logger
 that shows every ContProto loss."""
 import sys
+import warnings
 from itertools import cycle, islice
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -44,7 +45,13 @@ class SelfTrainingCorpus:
     """Labelled source Examples interleaved with pseudo-labelled target Examples,
     ``target_per_source`` target Docs after each source Doc on average (the target
     Docs are cycled when there are fewer of them). One pass over the source corpus
-    is one epoch."""
+    is one epoch.
+
+    max_length (tokens, 0 = no limit) bounds both sides: source Docs as spaCy's Corpus
+    does (split into sentences when they have boundaries, else skipped); target Docs
+    longer than it are left out, with a warning (their pseudo labels belong to the whole
+    Doc). A long Doc sets the memory of its whole batch: spacy-transformers pads every
+    window of a batch to the longest one (benchmarks/memory_windows.py)."""
 
     def __init__(
         self,
@@ -62,6 +69,7 @@ class SelfTrainingCorpus:
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source
         self.target_limit = target_limit
+        self.max_length = max_length
 
     def target_docs(self, nlp: Language) -> List[Doc]:
         path = self.target_path
@@ -73,6 +81,20 @@ class SelfTrainingCorpus:
                 f"target corpus {path} holds no Docs: self-training needs unlabelled target "
                 "Docs (train on the source corpus alone with configs/teacher_cpu.cfg)."
             )
+        if self.max_length > 0:
+            kept = [doc for doc in docs if len(doc) <= self.max_length]
+            if not kept:
+                raise ValueError(
+                    f"All {len(docs)} target Docs in {path} are longer than max_length = "
+                    f"{self.max_length} tokens; raise [corpora.train] max_length or set it to 0."
+                )
+            if len(kept) < len(docs):
+                warnings.warn(
+                    f"{len(docs) - len(kept)} of {len(docs)} target Docs in {path} are longer than "
+                    f"max_length = {self.max_length} tokens and are left out of self-training.",
+                    stacklevel=2,
+                )
+            docs = kept
         missing = sum(PAYLOAD_KEY not in doc.user_data for doc in docs)
         if missing:
             raise ValueError(

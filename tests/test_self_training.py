@@ -116,6 +116,23 @@ def test_reader_mixes_target_docs_without_gold(synthetic_corpus, target_corpus):
     assert len(half) == 160 + 80
 
 
+def test_reader_max_length_leaves_out_long_target_docs(synthetic_corpus, target_corpus):
+    nlp = spacy.blank("xx")
+    lengths = sorted(len(doc) for doc in load(target_corpus["pseudo_labelled"], nlp.vocab))
+    limit = lengths[len(lengths) // 2]
+    n_long = sum(n > limit for n in lengths)
+    assert 0 < n_long < len(lengths) and lengths[0] > 1
+    reader = SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], max_length=limit)
+    with pytest.warns(UserWarning, match=f"{n_long} of {len(lengths)} target Docs .* longer than max_length"):
+        examples = list(reader(nlp))
+    targets = [eg for eg in examples if PAYLOAD_KEY in eg.reference.user_data]
+    assert targets and all(len(eg.predicted) <= limit for eg in targets)
+    assert len({eg.reference.user_data[PAYLOAD_KEY]["id"] for eg in targets}) == len(lengths) - n_long
+    too_short = SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], max_length=lengths[0] - 1)
+    with pytest.raises(ValueError, match="All 60 target Docs .* longer than max_length"):
+        list(too_short(nlp))
+
+
 def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
     nlp = spacy.blank("xx")
     empty = tmp_path / "empty.spacy"
