@@ -567,7 +567,8 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         lines += ["", f"## {corpus}: F1 (protocol {version}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | paper", ""]
         if len(seeds) > 1:
             lines += ["A cell with more than one seed gives the mean, then each seed's F1 in seed order "
-                      "(students only; one teacher, seed 0, serves them all).", ""]
+                      "(students only; every teacher run uses seed 0, and the Runs table's teacher column tells which "
+                      "teacher run a student started from).", ""]
         lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
                   "|---|" + "---|" * (2 * len(langs))]
         for variant in ["zero_shot", *VARIANTS, *RETIRED_VARIANTS]:
