@@ -17,9 +17,9 @@ prepare), for batches drawn as the students draw them (16 source + 16 target sen
 """
 import argparse
 import json
+import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -94,7 +94,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(args.encoder))
     corpus = args.work / "corpus"
     source = window_lengths(corpus / f"{args.source}_train.spacy", tokenizer)
-    results = {"machine": {"platform": platform.platform(), "cpu_count": __import__("os").cpu_count()},
+    results = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
                "encoder": str(args.encoder.name), "window_tokens": WINDOW, "stride_tokens": STRIDE,
                "batch": "16 source + 16 target sentences", "batches_drawn": args.batches, "targets": {}}
     for lang in args.targets.split(","):

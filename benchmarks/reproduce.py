@@ -98,6 +98,11 @@ def runs_dir(version: int) -> Path:
     return RUNS if version == 1 else RUNS / f"protocol{version}"
 
 
+def run_json(args, lang: str, variant: str, seed: int) -> Path:
+    """Where a run's result JSON lives."""
+    return args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json"
+
+
 def student_name(lang: str, variant: str, seed: int) -> str:
     """Folder and log name of a student run (seed 0 keeps the name the first runs had)."""
     return f"student-{lang}-{variant}" + (f"-seed{seed}" if seed else "")
@@ -375,14 +380,15 @@ def teacher(args) -> None:
     print("Training the teacher:", " ".join(cmd))
     usage = run_measured(cmd, work / "logs" / "teacher.log")
     model = out / "model-best"
+    source_dev_f1 = dev_score(model)
     for lang in spec["targets"]:
-        path = args.runs / f"{args.corpus}-{lang}-zero_shot-seed{args.protocol['training_seed']}.json"
+        path = run_json(args, lang, "zero_shot", args.protocol["training_seed"])
+        test = evaluate(model, corpus / f"{lang}_test.spacy")
         if path.exists():
             # a teacher retrained for later students (its model is kept outside the repository)
             # never replaces the recorded run: it is checked against it
             record = json.loads(path.read_text())
-            check = {"test_f1": evaluate(model, corpus / f"{lang}_test.spacy")["f1"], "source_dev_f1": dev_score(model),
-                     **usage, "date": time.strftime("%Y-%m-%d")}
+            check = {"test_f1": test["f1"], "source_dev_f1": source_dev_f1, **usage, "date": time.strftime("%Y-%m-%d")}
             record.setdefault("retrained", []).append(check)
             write_json(path, record)
             same = check["test_f1"] == record["test"]["f1"]
@@ -391,10 +397,10 @@ def teacher(args) -> None:
             continue
         result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
                   "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
-                  "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
-                  "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+                  "source_dev_f1": source_dev_f1, "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
+                  "test": test,
                   "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
-        write_json(args.runs / f"{args.corpus}-{lang}-zero_shot-seed{args.protocol['training_seed']}.json", result)
+        write_json(path, result)
         print(f"zero-shot {lang}: F1 {result['test']['f1']}")
 
 
@@ -459,7 +465,7 @@ def student(args, lang: str, variant: str) -> None:
               if labels.exists() else None,
               "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd,
               **({"run_note": args.note} if args.note else {})}
-    write_json(args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json", result)
+    write_json(run_json(args, lang, variant, seed), result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
 
@@ -487,7 +493,7 @@ def backfill(args) -> None:
             continue
         if "teacher_source_dev_f1" not in result:
             # runs recorded before students noted their teacher started from the recorded one
-            zero_shot = json.loads((args.runs / f"{args.corpus}-{result['target']}-zero_shot-seed0.json").read_text())
+            zero_shot = json.loads(run_json(args, result["target"], "zero_shot", args.protocol["training_seed"]).read_text())
             result["teacher_source_dev_f1"] = zero_shot["source_dev_f1"]
             write_json(path, result)
             print(f"{path.name}: teacher_source_dev_f1 added")
@@ -516,7 +522,7 @@ def grid(args) -> None:
         lang, _, variant = cell.partition(":")
         if variant not in VARIANTS:
             sys.exit(f"Unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-        if (args.runs / f"{args.corpus}-{lang}-{variant}-seed{args.protocol['training_seed']}.json").exists():
+        if run_json(args, lang, variant, args.protocol["training_seed"]).exists():
             print(f"{cell}: done, skipped")
             continue
         student(args, lang, variant)
