@@ -41,6 +41,14 @@ class SelfTrainingState:
         )
         self.oracle = oracle
         self.log_quality(epoch=0)
+        if s.prototypes and 0 < s.max_epochs < s.warmup_epochs + 2:
+            # a span's label refined in epoch e is first read back in epoch e + 1
+            warnings.warn(
+                f"span_contproto: with max_epochs = {s.max_epochs} and warmup_epochs = {s.warmup_epochs}, "
+                "no epoch trains on refined pseudo labels (a label refined in one epoch is first read "
+                "in the next), so prototype refinement cannot change the model, only the stored labels. "
+                f"Train for at least warmup_epochs + 2 = {s.warmup_epochs + 2} epochs."
+            )
 
     def pseudo_labels(self, doc_ids: Sequence[str]) -> numpy.ndarray:
         if self.store is None:

@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy
 import pytest
@@ -313,3 +314,15 @@ def test_spacy_train_with_contproto_config(tmp_path, tiny_encoder, synthetic_cor
     assert len(reopened) == 60
     nlp = spacy.load(tmp_path / "out" / "model-last")
     assert nlp.get_pipe("span_contproto").state is not None
+
+
+@pytest.mark.parametrize("max_epochs,prototypes,warns", [(2, True, True), (3, True, False), (2, False, False)])
+def test_warns_when_refined_labels_are_never_trained_on(tiny_encoder, synthetic_corpus, target_corpus,
+                                                         max_epochs, prototypes, warns):
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"],
+                        **{"training.max_epochs": max_epochs,
+                           "components.span_contproto.contproto.prototypes": prototypes})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    assert any("no epoch trains on refined pseudo labels" in str(w.message) for w in caught) == warns
