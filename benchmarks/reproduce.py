@@ -85,12 +85,21 @@ CORPORA = {
 PROTOCOLS = {
     1: PROTOCOL,
     2: {**PROTOCOL, "prior_bias": True},
+    # same teacher and step budget as protocol 2; half the sentences, twice the epochs, so that two
+    # epochs train on refined pseudo labels (a label refined in one epoch is first read in the next)
+    3: {**PROTOCOL, "prior_bias": True, "teacher_protocol": 2, "student_epochs": 4,
+        "student_source_sentences": 2000, "student_target_sentences": 2000},
 }
 PROTOCOL_CHANGES = {
     2: "Changed from protocol 1: `prior_bias = true` for the teacher and every student (the span head's output "
        "bias starts at the log class frequencies of the source spans). Under protocol 1 a fresh span head predicted "
        "nothing for its first ~150 of 500 steps (dev F1 0.0 at step 100 for the teacher, 1.1 for the students), "
        "and the teacher never learned MISC (English dev recall 0.8%).",
+    3: "Changed from protocol 2: the students train 4 epochs on the first 2000 source and 2000 target sentences "
+       "of the samples (2 epochs of 4000 under protocol 2; the same 500 steps); teacher, corpora and zero-shot rows "
+       "are protocol 2's. Under protocol 2, refinement ran only in the last epoch, whose refined labels nothing "
+       "trains on, so it could not change any model: w/o proto, fixed margin and ContProto trained identically. "
+       "Here epochs 2 and 3 train on labels refined once and twice.",
 }
 
 
@@ -101,6 +110,12 @@ def runs_dir(version: int) -> Path:
 def run_json(args, lang: str, variant: str, seed: int) -> Path:
     """Where a run's result JSON lives."""
     return args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json"
+
+
+def student_sentences(protocol: dict) -> tuple:
+    """Source and target sentences a student trains on (its epochs pass over these)."""
+    return (protocol.get("student_source_sentences", protocol["source_train_sentences"]),
+            protocol.get("student_target_sentences", protocol["target_train_sentences"]))
 
 
 def student_name(lang: str, variant: str, seed: int) -> str:
@@ -292,9 +307,12 @@ def label_shift(pseudo_labelled: Path, store_dir: Path) -> Optional[dict]:
     if not (store_dir / "meta.json").exists():
         return None
     store = PseudoLabelStore.open(store_dir)
+    stored = set(store.ids())  # a student may train on part of the target sample
     before, after = [], []
     for doc in DocBin(store_user_data=True).from_disk(pseudo_labelled).get_docs(spacy.blank("xx").vocab):
         doc_id, probs, classes, _ = decode_payload(doc.user_data[PAYLOAD_KEY])
+        if doc_id not in stored:
+            continue
         before.append(probs.astype("float32"))
         after.append(store.get(doc_id).astype("float32"))
     old, new = numpy.concatenate(before), numpy.concatenate(after)
@@ -420,16 +438,19 @@ def student(args, lang: str, variant: str) -> None:
     work = args.work / args.corpus
     seed = args.protocol["training_seed"]
     name = student_name(lang, variant, seed)
-    corpus, out = work / "corpus", work / name
+    corpus, out, logs = work / "corpus", args.students / name, args.students / "logs"
     target = pseudo_label(args, lang)
     src = spec["source"][1]
-    steps = args.protocol["student_epochs"] * -(-args.protocol["source_train_sentences"] // 16)
+    n_source, n_target = student_sentences(args.protocol)
+    steps = args.protocol["student_epochs"] * -(-n_source // 16)
     quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
     config = protocol_config("contproto_cpu.cfg", work, args.protocol, work / "teacher" / "model-best")
     cmd = [*spacy_train_cmd(config, out, corpus, src, args.encoder), "--paths.target", str(target),
            "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
            "--training.max_epochs", str(args.protocol["student_epochs"]), "--training.batcher.size", "32",
            f"--{CONTPROTO}.warmup_epochs", str(args.protocol["warmup_epochs"]), *protocol_overrides(steps, args.protocol)]
+    if "student_source_sentences" in args.protocol:
+        cmd += ["--corpora.train.limit", str(n_source), "--corpora.train.target_limit", str(n_target)]
     for key, value in VARIANTS[variant].items():
         cmd += [f"--{key}", value]
     print(f"Training {variant} for {lang}:", " ".join(cmd))
@@ -442,19 +463,18 @@ def student(args, lang: str, variant: str) -> None:
     else:
         usage_file.unlink(missing_ok=True)
         quality.unlink(missing_ok=True)
-        usage = run_measured(cmd, work / "logs" / f"{name}.log")
+        usage = run_measured(cmd, logs / f"{name}.log")
         write_json(usage_file, usage)
     model = out / "model-best"
     store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
     labels = store / "labels.f16"
-    n_target = args.protocol["target_train_sentences"]
     result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": seed,
               "teacher_seed": PROTOCOLS[args.protocol_version]["training_seed"],
               # CPU training is not bit-reproducible under load, so a retrained teacher differs a little:
               # its source dev F1 tells which teacher run a student started from
               "teacher_source_dev_f1": dev_score(work / "teacher" / "model-best"),
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
-              "source_dev_f1": dev_score(model), "dev_curve": dev_curve(work / "logs" / f"{name}.log"),
+              "source_dev_f1": dev_score(model), "dev_curve": dev_curve(logs / f"{name}.log"),
               **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
@@ -485,8 +505,9 @@ def backfill(args) -> None:
             write_json(path, result)
             print(f"{path.name}: unreachable gold entities added")
         if "dev_curve" not in result:
-            name = "teacher" if result["variant"] == "zero_shot" else student_name(result["target"], result["variant"], result["seed"])
-            result["dev_curve"] = dev_curve(args.work / args.corpus / "logs" / f"{name}.log")
+            log = (args.work / args.corpus / "logs" / "teacher.log" if result["variant"] == "zero_shot" else
+                   args.students / "logs" / f"{student_name(result['target'], result['variant'], result['seed'])}.log")
+            result["dev_curve"] = dev_curve(log)
             write_json(path, result)
             print(f"{path.name}: dev curve added")
         if result["variant"] == "zero_shot":
@@ -497,7 +518,7 @@ def backfill(args) -> None:
             result["teacher_source_dev_f1"] = zero_shot["source_dev_f1"]
             write_json(path, result)
             print(f"{path.name}: teacher_source_dev_f1 added")
-        out = args.work / args.corpus / student_name(result["target"], result["variant"], result["seed"])
+        out = args.students / student_name(result["target"], result["variant"], result["seed"])
         target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
         if not result.get("pseudo_label_quality"):
             rows = oracle_quality(target, out / "pseudo_labels", result["protocol"]["max_span_length"])
@@ -535,6 +556,10 @@ def report(args) -> None:
     """RESULTS.md from the run JSONs of every protocol version, newest first."""
     by_version = {v: [json.loads(p.read_text()) for p in sorted(runs_dir(v).glob("*.json"))] for v in PROTOCOLS}
     everything = [r for runs in by_version.values() for r in runs]
+    for version, protocol in PROTOCOLS.items():
+        if by_version[version] and protocol.get("teacher_protocol"):
+            # its zero-shot rows are the shared teacher's
+            by_version[version] += [r for r in by_version[protocol["teacher_protocol"]] if r["variant"] == "zero_shot"]
     lines = ["# ContProto reproduction on CPU (generated by benchmarks/reproduce.py report; do not edit)", ""]
     if not everything:
         lines.append("No runs yet.")
@@ -725,8 +750,15 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     args.protocol_version, args.protocol, args.runs = args.protocol, PROTOCOLS[args.protocol], runs_dir(args.protocol)
+    # a protocol with its own teacher has its own folder; one that shares another's teacher (and
+    # corpora) works in that one, its students in a subfolder
+    shared = args.protocol.get("teacher_protocol")
     if args.protocol_version > 1:
-        args.work = args.work / f"protocol{args.protocol_version}"
+        args.work = args.work / f"protocol{shared or args.protocol_version}"
+    args.students = args.work / args.corpus / (f"protocol{args.protocol_version}" if shared else "")
+    if shared and args.step in ("prepare", "teacher"):
+        sys.exit(f"Protocol {args.protocol_version} uses protocol {shared}'s corpora and teacher: "
+                 f"run `{args.step} --protocol {shared}`")
     if args.seed is not None:
         if args.step != "grid":
             sys.exit("--seed is for grid: the teacher is trained with the protocol's seed")
