@@ -90,8 +90,6 @@ def main() -> None:
     corpus = work / "corpus"
     if not (corpus / "en_train.spacy").exists():
         sys.exit(f"No corpus in {corpus}: python benchmarks/reproduce.py prepare --corpus conll")
-    teacher_steps = protocol["teacher_epochs"] * -(-protocol["source_train_sentences"] // protocol["teacher_batch_sentences"])
-    config = reproduce.protocol_config("teacher_cpu.cfg", work, protocol)
     scratch = work / "determinism"
     results = {"steps": args.steps, "machine": reproduce.machine(), "note": args.note, "date": time.strftime("%Y-%m-%d"),
                "modes": {}}
@@ -102,11 +100,8 @@ def main() -> None:
             out = scratch / f"{mode}-{rep}"
             shutil.rmtree(out, ignore_errors=True)
             # the teacher's own command and schedule, stopped after --steps
-            cmd = [*reproduce.spacy_train_cmd(config, out, corpus, "en", args.encoder.resolve()),
-                   "--training.max_epochs", str(protocol["teacher_epochs"]),
-                   "--training.batcher.size", str(protocol["teacher_batch_sentences"]),
-                   *reproduce.protocol_overrides(teacher_steps, protocol),
-                   "--training.max_steps", str(args.steps), "--training.eval_frequency", str(args.steps + 1),
+            cmd, _ = reproduce.teacher_command(work, protocol, "en", args.encoder.resolve(), out)
+            cmd += ["--training.max_steps", str(args.steps), "--training.eval_frequency", str(args.steps + 1),
                    # spaCy evaluates once at step 0 whatever the frequency: keep that cheap
                    "--corpora.dev.limit", "10"]
             start = time.time()

@@ -386,15 +386,20 @@ def prepare(args) -> None:
     write_json(corpus / "manifest.json", manifest)
 
 
+def teacher_command(work: Path, protocol: dict, source_lang: str, encoder: Path, out: Path) -> tuple:
+    """The protocol's `spacy train` command for the teacher, and its number of steps."""
+    steps = protocol["teacher_epochs"] * -(-protocol["source_train_sentences"] // protocol["teacher_batch_sentences"])
+    cmd = [*spacy_train_cmd(protocol_config("teacher_cpu.cfg", work, protocol), out, work / "corpus", source_lang, encoder),
+           "--training.max_epochs", str(protocol["teacher_epochs"]),
+           "--training.batcher.size", str(protocol["teacher_batch_sentences"]), *protocol_overrides(steps, protocol)]
+    return cmd, steps
+
+
 def teacher(args) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
     corpus, out = work / "corpus", work / "teacher"
-    steps = args.protocol["teacher_epochs"] * -(-args.protocol["source_train_sentences"] // args.protocol["teacher_batch_sentences"])
-    src = spec["source"][1]
-    cmd = [*spacy_train_cmd(protocol_config("teacher_cpu.cfg", work, args.protocol), out, corpus, src, args.encoder),
-           "--training.max_epochs", str(args.protocol["teacher_epochs"]),
-           "--training.batcher.size", str(args.protocol["teacher_batch_sentences"]), *protocol_overrides(steps, args.protocol)]
+    cmd, steps = teacher_command(work, args.protocol, spec["source"][1], args.encoder, out)
     print("Training the teacher:", " ".join(cmd))
     usage = run_measured(cmd, work / "logs" / "teacher.log")
     model = out / "model-best"
