@@ -661,29 +661,29 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                 row = [f"{100 * by_epoch[e]['f1']:.2f}" if e in by_epoch else ""
                        for e in range(protocol["student_epochs"] + 1)]
                 lines.append(f"| {r['target']} | {method_label(r)} | " + " | ".join(row) + " |")
-    with_prototypes = [r for r in runs if r.get("prototypes_at_end")]
-    if with_prototypes:
-        lines += ["", "### Prototypes at the end of training (model-last)", "",
-                  "Margins r_c (mean cosine of a class's spans to its prototype over the last epoch) and the "
-                  "highest cosine between two entity prototypes.", "",
-                  "| corpus | target | method | margins | max entity-entity prototype cosine |", "|---|---|---|---|---|"]
-        for r in with_prototypes:
-            summary = r["prototypes_at_end"]
-            margins = ", ".join(f"{c} {m:.3f}" for c, m in zip(summary["classes"], summary["margins"]))
-            cos = summary["prototype_cosines"]
-            entity = range(1, len(cos))
-            top = max((cos[i][j] for i in entity for j in entity if i < j), default=float("nan"))
-            lines.append(f"| {r['corpus']} | {r['target']} | {method_label(r)} | {margins} | {top:.3f} |")
-    shifted = [r for r in runs if r.get("pseudo_label_shift")]
-    if shifted:
-        lines += ["", "### How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
-                  "| corpus | target | method | spans | rows changed | mean L1 of changed | argmax flips | top flips |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in shifted:
-            x = r["pseudo_label_shift"]
-            top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
-            lines.append(f"| {r['corpus']} | {r['target']} | {method_label(r)} | {x['spans']} | "
-                         f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
+        with_prototypes = [r for r in cells if r.get("prototypes_at_end")]
+        if with_prototypes:
+            lines += ["", "### Prototypes at the end of training (model-last)", "",
+                      "Margins r_c (mean cosine of a class's spans to its prototype over the last epoch) and the "
+                      "highest cosine between two entity prototypes.", "",
+                      "| target | method | margins | max entity-entity prototype cosine |", "|---|---|---|---|"]
+            for r in with_prototypes:
+                summary = r["prototypes_at_end"]
+                margins = ", ".join(f"{c} {m:.3f}" for c, m in zip(summary["classes"], summary["margins"]))
+                cos = summary["prototype_cosines"]
+                entity = range(1, len(cos))
+                top = max((cos[i][j] for i in entity for j in entity if i < j), default=float("nan"))
+                lines.append(f"| {r['target']} | {method_label(r)} | {margins} | {top:.3f} |")
+        shifted = [r for r in cells if r.get("pseudo_label_shift")]
+        if shifted:
+            lines += ["", "### How refinement moved the pseudo labels (store at the end vs the teacher's labels)", "",
+                      "| target | method | spans | rows changed | mean L1 of changed | argmax flips | top flips |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in shifted:
+                x = r["pseudo_label_shift"]
+                top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
+                lines.append(f"| {r['target']} | {method_label(r)} | {x['spans']} | "
+                             f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
     return lines
 
 
