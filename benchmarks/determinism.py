@@ -10,10 +10,14 @@ two models: bitwise, and by the largest absolute difference. Environments:
                 fixes the code path MKL takes independently of memory alignment and CPU dispatch
     threads1    OMP_NUM_THREADS=1 and MKL_NUM_THREADS=1: no parallel reductions at all
 
-    python benchmarks/determinism.py --steps 30 [--modes default mkl_cbwr threads1]
+    python benchmarks/determinism.py --steps 30 [--modes default mkl_cbwr threads1] [--with-evaluation]
+
+By default the runs skip the teacher's evaluations on the English dev set (to save time);
+--with-evaluation keeps them (every 100 steps, full dev set), as the recorded teacher ran, and
+records each run's dev F1 curve.
 
 Needs the protocol-2 CoNLL corpus and the encoder (reproduce.py prepare; convert-encoder).
-Writes benchmarks/results/determinism.{json,md}.
+Writes benchmarks/results/determinism-<N>steps[-eval].{json,md}.
 """
 import argparse
 import json
@@ -67,7 +71,10 @@ def compare(a: Dict, b: Dict) -> dict:
 def markdown(results: dict) -> str:
     lines = ["# Repeated CPU training runs: bit-identical?", "",
              f"The first {results['steps']} steps of the protocol-2 CoNLL teacher, trained twice per environment "
-             f"(separate processes, same seed), every weight compared. Machine: {results['machine']['processor']}, "
+             f"(separate processes, same seed), every weight compared; "
+             + ("with the teacher's evaluations on the full English dev set every "
+                f"{results['eval_frequency']} steps. " if results.get("eval_frequency") else "evaluations skipped. ")
+             + f"Machine: {results['machine']['processor']}, "
              f"{results['machine']['cpu_count']} cores, no GPU; {results['date']}."
              + (f" Note: {results['note']}." if results["note"] else ""), "",
              "| environment | settings | arrays differing | largest abs. difference | wall s (a / b) |", "|---|---|---|---|---|"]
@@ -75,6 +82,14 @@ def markdown(results: dict) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r["env"].items()) or "as is"
         lines.append(f"| {mode} | {settings} | {r['arrays_differing']} of {r['arrays']} | {r['max_abs_diff']:.3g} "
                      f"| {r['runs'][0]['wall_s']} / {r['runs'][1]['wall_s']} |")
+    curves = [(mode, rep, run["dev_curve"]) for mode, r in results["modes"].items()
+              for rep, run in zip("ab", r["runs"]) if run.get("dev_curve")]
+    if curves:
+        steps = [point["step"] for point in curves[0][2]]
+        lines += ["", "English dev F1 at each evaluation:", "",
+                  "| run | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+        for mode, rep, curve in curves:
+            lines.append(f"| {mode} {rep} | " + " | ".join(f"{point['dev_f1']:.2f}" for point in curve) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +99,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES))
     parser.add_argument("--work", type=Path, default=reproduce.REPO / "benchmarks" / ".cache" / "reproduce" / "protocol2" / "conll")
     parser.add_argument("--encoder", type=Path, default=reproduce.REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
+    parser.add_argument("--with-evaluation", action="store_true",
+                        help="keep the teacher's evaluations on the full dev set (skipped by default)")
     parser.add_argument("--note", help="recorded in the results, e.g. what ran beside")
     args = parser.parse_args()
     work, protocol = args.work.resolve(), reproduce.PROTOCOLS[2]
@@ -91,8 +108,10 @@ def main() -> None:
     if not (corpus / "en_train.spacy").exists():
         sys.exit(f"No corpus in {corpus}: python benchmarks/reproduce.py prepare --corpus conll")
     scratch = work / "determinism"
-    results = {"steps": args.steps, "machine": reproduce.machine(), "note": args.note, "date": time.strftime("%Y-%m-%d"),
-               "modes": {}}
+    scratch.mkdir(parents=True, exist_ok=True)
+    eval_frequency = protocol["eval_frequency_steps"] if args.with_evaluation else None
+    results = {"steps": args.steps, "eval_frequency": eval_frequency, "machine": reproduce.machine(),
+               "code": reproduce.code_version(), "note": args.note, "date": time.strftime("%Y-%m-%d"), "modes": {}}
     for mode in args.modes:
         env = {**os.environ, **MODES[mode]}
         runs = []
@@ -101,21 +120,26 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             # the teacher's own command and schedule, stopped after --steps
             cmd, _ = reproduce.teacher_command(work, protocol, "en", args.encoder.resolve(), out)
-            cmd += ["--training.max_steps", str(args.steps), "--training.eval_frequency", str(args.steps + 1),
-                   # spaCy evaluates once at step 0 whatever the frequency: keep that cheap
-                   "--corpora.dev.limit", "10"]
+            cmd += ["--training.max_steps", str(args.steps)]
+            if not eval_frequency:
+                # spaCy evaluates once at step 0 whatever the frequency: keep that cheap
+                cmd += ["--training.eval_frequency", str(args.steps + 1), "--corpora.dev.limit", "10"]
             start = time.time()
-            proc = subprocess.run(cmd, env=env, cwd=reproduce.REPO, capture_output=True, text=True)
+            log = scratch / f"{mode}-{rep}.log"
+            with log.open("w") as out_log:
+                proc = subprocess.run(cmd, env=env, cwd=reproduce.REPO, stdout=out_log, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
-                sys.exit(f"Failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-            runs.append({"wall_s": round(time.time() - start, 1), "load_avg_end": os.getloadavg()})
+                sys.exit(f"Failed: {' '.join(cmd)}\nsee {log}")
+            runs.append({"wall_s": round(time.time() - start, 1), "load_avg_end": os.getloadavg(),
+                         **({"dev_curve": reproduce.dev_curve(log)} if eval_frequency else {})})
             print(f"{mode} run {rep}: {runs[-1]['wall_s']} s", flush=True)
         comparison = compare(weights(scratch / f"{mode}-a" / "model-last"), weights(scratch / f"{mode}-b" / "model-last"))
         results["modes"][mode] = {"env": MODES[mode], "runs": runs, **comparison}
         print(mode, json.dumps(comparison), flush=True)
-    out_json = reproduce.RESULTS / "determinism.json"
+    name = f"determinism-{args.steps}steps" + ("-eval" if eval_frequency else "")
+    out_json = reproduce.RESULTS / f"{name}.json"
     out_json.write_text(json.dumps(results, indent=2) + "\n")
-    (reproduce.RESULTS / "determinism.md").write_text(markdown(results))
+    (reproduce.RESULTS / f"{name}.md").write_text(markdown(results))
     print("wrote", out_json)
 
 

@@ -155,9 +155,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def code_version() -> dict:
+    """The commit the run's code came from, and whether the package, configs or benchmarks had
+    uncommitted changes: two runs of one protocol can only be compared if their code is known."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", "spacy_contproto", "configs", "benchmarks/*.py"))}
+
+
 def run_measured(cmd: List[str], log: Path) -> dict:
-    """Run a command, its output to `log`; wall time and the child's own peak RSS (wait4)."""
+    """Run a command, its output to `log`; wall time, the child's own peak RSS (wait4), and the
+    code version at its start (the tree can change while a long run goes on)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    code = code_version()
     start = time.time()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -166,7 +181,7 @@ def run_measured(cmd: List[str], log: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
     return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "load_avg_end": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "load_avg_end": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "code": code}
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
