@@ -12,7 +12,7 @@ takes about 15-20 minutes on 2 CPU cores with multilingual-e5-small:
 cells whose JSON already exists, so an interrupted grid resumes where it stopped. Every run writes
 its own JSON into benchmarks/results/reproduce/ the moment it ends (scores on the full target test
 set, every gold entity counted; settings; seed; wall time; peak RSS of the training process;
-pseudo-label oracle F1 per epoch; store bytes). `report` writes benchmarks/results/RESULTS.md from
+pseudo-label oracle F1 per epoch; store bytes; the code's commit and whether the tree was dirty). `report` writes benchmarks/results/RESULTS.md from
 those JSONs only. Corpora and models stay in --work (outside the repository's tracked files).
 """
 import argparse
@@ -490,8 +490,8 @@ def student(args, lang: str, variant: str) -> None:
     labels = store / "labels.f16"
     result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": seed,
               "teacher_seed": PROTOCOLS[args.protocol_version]["training_seed"],
-              # CPU training is not bit-reproducible under load, so a retrained teacher differs a little:
-              # its source dev F1 tells which teacher run a student started from
+              # a retrained teacher can differ from the recorded one (protocol 2's did: its environment
+              # differed): its source dev F1 tells which teacher run a student started from
               "teacher_source_dev_f1": dev_score(work / "teacher" / "model-best"),
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
               "source_dev_f1": dev_score(model), "dev_curve": dev_curve(logs / f"{name}.log"),
