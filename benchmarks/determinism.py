@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,7 +110,7 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     eval_frequency = protocol["eval_frequency_steps"] if args.with_evaluation else None
     results = {"steps": args.steps, "eval_frequency": eval_frequency, "machine": reproduce.machine(),
-               "code": reproduce.code_version(), "note": args.note, "date": time.strftime("%Y-%m-%d"), "modes": {}}
+               "note": args.note, "date": time.strftime("%Y-%m-%d"), "modes": {}}
     for mode in args.modes:
         env = {**os.environ, **MODES[mode]}
         runs = []
@@ -124,13 +123,9 @@ def main() -> None:
             if not eval_frequency:
                 # spaCy evaluates once at step 0 whatever the frequency: keep that cheap
                 cmd += ["--training.eval_frequency", str(args.steps + 1), "--corpora.dev.limit", "10"]
-            start = time.time()
+            # wall time, peak RSS and the code's commit (run_measured exits on a failed run)
             log = scratch / f"{mode}-{rep}.log"
-            with log.open("w") as out_log:
-                proc = subprocess.run(cmd, env=env, cwd=reproduce.REPO, stdout=out_log, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                sys.exit(f"Failed: {' '.join(cmd)}\nsee {log}")
-            runs.append({"wall_s": round(time.time() - start, 1), "load_avg_end": os.getloadavg(),
+            runs.append({**reproduce.run_measured(cmd, log, env),
                          **({"dev_curve": reproduce.dev_curve(log)} if eval_frequency else {})})
             print(f"{mode} run {rep}: {runs[-1]['wall_s']} s", flush=True)
         comparison = compare(weights(scratch / f"{mode}-a" / "model-last"), weights(scratch / f"{mode}-b" / "model-last"))

@@ -12,8 +12,8 @@ takes about 15-20 minutes on 2 CPU cores with multilingual-e5-small:
 cells whose JSON already exists, so an interrupted grid resumes where it stopped. Every run writes
 its own JSON into benchmarks/results/reproduce/ the moment it ends (scores on the full target test
 set, every gold entity counted; settings; seed; wall time; peak RSS of the training process;
-pseudo-label oracle F1 per epoch; store bytes; the code's commit and whether the tree was dirty). `report` writes benchmarks/results/RESULTS.md from
-those JSONs only. Corpora and models stay in --work (outside the repository's tracked files).
+pseudo-label oracle F1 per epoch; store bytes; the code's commit and whether the tree was dirty).
+`report` writes benchmarks/results/RESULTS.md from those JSONs only. Corpora and models stay in --work (outside the repository's tracked files).
 """
 import argparse
 import hashlib
@@ -168,20 +168,22 @@ def code_version() -> dict:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", "spacy_contproto", "configs", "benchmarks/*.py"))}
 
 
-def run_measured(cmd: List[str], log: Path) -> dict:
-    """Run a command, its output to `log`; wall time, the child's own peak RSS (wait4), and the
-    code version at its start (the tree can change while a long run goes on)."""
+def run_measured(cmd: List[str], log: Path, env: Optional[Dict[str, str]] = None) -> dict:
+    """Run a command (in `env`, default this process's environment), its output to `log`; wall
+    time, the child's own peak RSS (wait4), and the code version at its start (the tree can change
+    while a long run goes on)."""
+    env = dict(os.environ) if env is None else env
     log.parent.mkdir(parents=True, exist_ok=True)
     code = code_version()
     start = time.time()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
     return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "load_avg_end": os.getloadavg(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "code": code}
+            "load_avg_end": os.getloadavg(), "omp_num_threads": env.get("OMP_NUM_THREADS"), "code": code}
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
