@@ -719,6 +719,15 @@ def gib(mb: Optional[float]) -> str:
     return "not recorded" if mb is None else f"{mb / 1024:.2f} GiB"
 
 
+def machine_speed(contproto: dict, vanilla: dict) -> str:
+    """Both models cost the same at inference, so their test-set words/s gauge how fast the machine
+    itself ran during each run's evaluation (a shared virtual machine's speed drifts between runs)."""
+    speeds = [run["test"].get("inference_words_per_s") for run in (contproto, vanilla)]
+    if None in speeds:
+        return ""
+    return f"; test-set inference {speeds[0]:.0f} vs {speeds[1]:.0f} words/s"
+
+
 def speed_section(runs: List[dict]) -> List[str]:
     """Speed and memory: the dedicated benchmarks' JSONs plus the grid's own wall times."""
     lines = ["", "# Speed and memory", ""]
@@ -739,16 +748,21 @@ def speed_section(runs: List[dict]) -> List[str]:
                   + ", ".join(f"{k} {v:.0f} words/s" for k, v in i["best_words_per_s"].items())
                   + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
                   ""]
+    lines += ["Grid runs, ContProto against vanilla self-training at the same seed (wall time incl. evaluation / "
+              "steps). The test-set inference speed after each training costs the same for both models, so it "
+              "gauges how fast the machine ran at that moment; in paired runs the other job may already have "
+              "ended by then.", ""]
     for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
         by = {(r["target"], r["variant"], r["seed"]): r for r in runs
               if r["corpus"] == corpus and r.get("protocol_version", 1) == version}
         pairs = [(t, seed, by[(t, "contproto", seed)], by[(t, "vanilla", seed)])
                  for t, v, seed in by if v == "vanilla" and (t, "contproto", seed) in by]
         for target, seed, cp, va in pairs:
-            lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}, real batches of the grid (wall time incl. evaluation / steps): "
+            lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}: "
                          f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
                          f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
-                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}.")
+                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}"
+                         + machine_speed(cp, va) + ".")
     stored = [r for r in runs if r.get("store_label_bytes_per_target_sentence")]
     if stored:
         r = stored[0]
