@@ -749,8 +749,8 @@ def speed_section(runs: List[dict]) -> List[str]:
                   + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
                   ""]
     lines += ["Grid runs, ContProto against vanilla self-training at the same seed (wall time incl. evaluation / "
-              "steps). The test-set inference speed after each training costs the same for both models, so it "
-              "gauges how fast the machine ran at that moment; in paired runs the other job may already have "
+              "steps). Test-set inference after each training costs the same for both models, so its words/s "
+              "gauge how fast the machine ran at that moment; in paired runs the other job may already have "
               "ended by then.", ""]
     for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
         by = {(r["target"], r["variant"], r["seed"]): r for r in runs
