@@ -13,7 +13,8 @@ cells whose JSON already exists, so an interrupted grid resumes where it stopped
 its own JSON into benchmarks/results/reproduce/ the moment it ends (scores on the full target test
 set, every gold entity counted; settings; seed; wall time; peak RSS of the training process;
 pseudo-label oracle F1 per epoch; store bytes; the code's commit and whether the tree was dirty).
-`report` writes benchmarks/results/RESULTS.md from those JSONs only. Corpora and models stay in --work (outside the repository's tracked files).
+`report` writes benchmarks/results/RESULTS.md from those JSONs only. Corpora and models stay in
+--work (outside the repository's tracked files).
 """
 import argparse
 import hashlib
@@ -748,21 +749,23 @@ def speed_section(runs: List[dict]) -> List[str]:
                   + ", ".join(f"{k} {v:.0f} words/s" for k, v in i["best_words_per_s"].items())
                   + f"; span_contproto / spancat **{i['ratio_span_contproto_over_spancat']:.2f}x** (target >= 1.0x).",
                   ""]
-    lines += ["Grid runs, ContProto against vanilla self-training at the same seed (wall time incl. evaluation / "
-              "steps). Test-set inference after each training costs the same for both models, so its words/s "
-              "gauge how fast the machine ran at that moment; in paired runs the other job may already have "
-              "ended by then.", ""]
+    grid_lines = []
     for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
         by = {(r["target"], r["variant"], r["seed"]): r for r in runs
               if r["corpus"] == corpus and r.get("protocol_version", 1) == version}
         pairs = [(t, seed, by[(t, "contproto", seed)], by[(t, "vanilla", seed)])
                  for t, v, seed in by if v == "vanilla" and (t, "contproto", seed) in by]
         for target, seed, cp, va in pairs:
-            lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}: "
-                         f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
-                         f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
-                         f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}"
-                         + machine_speed(cp, va) + ".")
+            grid_lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}: "
+                             f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
+                             f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
+                             f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}"
+                             + machine_speed(cp, va) + ".")
+    if grid_lines:
+        lines += ["Grid runs, ContProto against vanilla self-training at the same seed (wall time incl. evaluation / "
+                  "steps). Test-set inference after each training costs the same for both models, so its words/s "
+                  "gauge how fast the machine ran at that moment; in paired runs the other job may already have "
+                  "ended by then.", "", *grid_lines]
     stored = [r for r in runs if r.get("store_label_bytes_per_target_sentence")]
     if stored:
         r = stored[0]
