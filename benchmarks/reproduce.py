@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = RESULTS / "reproduce"
+GPU_RUNS = RESULTS / "gpu"  # written by benchmarks/gpu_student.py runs
 CONTPROTO = "components.span_contproto.contproto"
 
 # Fixed CPU protocol. Subsets are seeded random samples of sentences (not the first N, which
@@ -590,8 +591,9 @@ def report(args) -> None:
         lines.append("No runs yet.")
     else:
         m = everything[0]["machine"]
-        lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, no GPU. "
-                  "GPU: none was available to this work, so the GPU config (configs/contproto_gpu.cfg) is untested on a GPU.",
+        gpu_note = ("GPU: one lent run, see the GPU section at the end." if sorted(GPU_RUNS.glob("*.json")) else
+                    "GPU: none was available to this work, so the GPU config (configs/contproto_gpu.cfg) is untested on a GPU.")
+        lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, no GPU. {gpu_note}",
                   "", "Micro-F1 on the full target test set, every gold entity counted (spaCy's scorer; seqeval agrees "
                   "to 0.01 unless noted). Paper numbers: XLM-R large, full data, 10 epochs, mean of 3 runs; not "
                   "comparable in absolute terms. Each protocol is fixed for all of its runs; compare rows within one "
@@ -601,6 +603,7 @@ def report(args) -> None:
         if by_version[version]:
             lines += protocol_section(version, by_version[version])
     lines += speed_section(everything)
+    lines += gpu_section()
     notes = RESULTS / "RESULTS_notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
@@ -772,6 +775,37 @@ def speed_section(runs: List[dict]) -> List[str]:
         lines.append(f"- Pseudo-label store: {r['store_label_bytes_per_target_sentence']:.0f} bytes of fp16 labels "
                      f"per target sentence ({r['corpus']} {r['target']}: one row per span of up to 4 words, one "
                      f"column per class and O), {r['store_bytes'] / 2**20:.1f} MiB on disk in all.")
+    return lines
+
+
+def gpu_section() -> List[str]:
+    """The GPU runs (benchmarks/gpu_student.py), one paragraph each."""
+    lines = []
+    for path in sorted(GPU_RUNS.glob("*.json")):
+        g = json.loads(path.read_text())
+        t, train = g["test"], g["train"]
+        dev = ", ".join(f"step {r['step']} {r['dev_f1']:.2f}" for r in train["dev_rows"])
+        per_type = ", ".join(f"{k} {v['f']:.1f}" for k, v in t["per_type"].items())
+        steps = ", ".join(f"{i['from_step']}-{i['to_step']}: {i['s_per_step_less_one_dev_eval']:.2f}" for i in g["seconds_per_step"])
+        lines += ["", "# GPU", "", f"{g['what']} ({path.relative_to(REPO)}), {g['date'][:10]}.", "",
+                  f"- Device: {g['device']['gpu']} ({g['device']['cpu_cores']} CPU cores), torch {g['versions']['torch']}, "
+                  f"cupy {g['versions'].get('cupy')}; {g['device']['note']}.",
+                  f"- Encoder: {g['encoder']}.", f"- Pseudo labels: {g['pseudo_labels']}.",
+                  "- Changed from configs/contproto_gpu.cfg: "
+                  + "; ".join(f"`{k}` {v}" for k, v in g["overrides_of_contproto_gpu_cfg"].items()) + ".",
+                  f"- **Outcome: {g['outcome']}**",
+                  f"- German test (full, {t['test_sentences']} sentences): F1 {t['f1']:.2f} (P {t['precision']:.2f} / "
+                  f"R {t['recall']:.2f}; {per_type}); zero-shot of the teacher that made the pseudo labels: "
+                  f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.",
+                  f"- Seconds per training step (16 + 16 sentences, mixed precision), per stretch between evaluations, "
+                  f"less one English dev evaluation ({g['dev_eval_of_model_best']['seconds']:.1f} s for "
+                  f"{g['dev_eval_of_model_best']['sentences']} sentences): {steps}. Pipeline initialisation "
+                  f"({g['initialize_what']}) took {g['initialize_s']:.0f} s before step 0.",
+                  f"- Peak GPU memory used (nvidia-smi, sampled every 0.5 s, CUDA context and PyTorch's cache "
+                  f"included): {train['nvidia_smi_peak_used_mib'] / 1024:.1f} GiB; peak RSS of the training process "
+                  f"{gib(train['peak_rss_mb_children'])}; pseudo-label store {g['store_label_bytes_per_target_sentence']:.0f} "
+                  f"bytes of labels per target sentence ({sum(g['store_bytes'].values()) / 2**20:.1f} MiB for 12152 sentences).",
+                  f"- Test-set inference on the GPU: {t['inference_words_per_s']:.0f} words/s."]
     return lines
 
 
