@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import reproduce  # noqa: E402
+
 CORPORA = ("en_train", "en_dev", "de_train.pl", "de_test")
 NO_MIXED_PRECISION = ["--components.transformer.model.mixed_precision", "false",
                       "--components.span_contproto.model.mixed_precision", "false"]
@@ -95,7 +98,7 @@ def coverage(pack: Path, encoder: Path) -> dict:
 
 def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> tuple:
     """Run `spacy train`, logging each line with its time and parsing the evaluation rows."""
-    rows = []
+    rows, table = [], reproduce.DevTable()
     start = time.time()
     with open(run.out / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
@@ -106,10 +109,9 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
             log.write(f"{t:8.1f} {line}")
             log.flush()
             sys.stdout.write(f"{t:8.1f} {line}")
-            parts = line.split()
-            # "E  #  losses...  ENTS_F ENTS_P ENTS_R SCORE"
-            if len(parts) > 3 and parts[0].isdigit() and parts[1].isdigit():
-                rows.append({"t": round(t, 1), "epoch": int(parts[0]), "step": int(parts[1]), "dev_f1": float(parts[-4])})
+            row = table.row(line)
+            if row is not None:
+                rows.append({"t": round(t, 1), **row})
                 run.result[name] = {"dev_rows": rows}
                 run.save()
         proc.wait()
@@ -203,8 +205,6 @@ def main() -> None:
     memory.stop()
     run.stage("train")
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import reproduce
     from spacy.training import Example
 
     if args.gpu >= 0:
