@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -107,6 +107,16 @@ PROTOCOL_CHANGES = {
 
 def runs_dir(version: int) -> Path:
     return RUNS if version == 1 else RUNS / f"protocol{version}"
+
+
+def work_folders(work: Path, corpus: str, version: int) -> Tuple[Path, Path]:
+    """The folder of a protocol's corpora and teacher, and the folder of its students. A protocol
+    with its own teacher has its own folder; one that shares another's teacher (and corpora) works
+    in that one, its students in a subfolder."""
+    shared = PROTOCOLS[version].get("teacher_protocol")
+    if version > 1:
+        work = work / f"protocol{shared or version}"
+    return work, work / corpus / (f"protocol{version}" if shared else "")
 
 
 def run_json(args, lang: str, variant: str, seed: int) -> Path:
@@ -839,12 +849,8 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     args.protocol_version, args.protocol, args.runs = args.protocol, PROTOCOLS[args.protocol], runs_dir(args.protocol)
-    # a protocol with its own teacher has its own folder; one that shares another's teacher (and
-    # corpora) works in that one, its students in a subfolder
+    args.work, args.students = work_folders(args.work, args.corpus, args.protocol_version)
     shared = args.protocol.get("teacher_protocol")
-    if args.protocol_version > 1:
-        args.work = args.work / f"protocol{shared or args.protocol_version}"
-    args.students = args.work / args.corpus / (f"protocol{args.protocol_version}" if shared else "")
     if shared and args.step in ("prepare", "teacher"):
         sys.exit(f"Protocol {args.protocol_version} uses protocol {shared}'s corpora and teacher: "
                  f"run `{args.step} --protocol {shared}`")

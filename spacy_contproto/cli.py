@@ -13,12 +13,13 @@ contproto_app = typer.Typer(
 
 @contproto_app.callback()
 def _commands() -> None:
-    """ContProto commands (a group even while it has one command)."""
+    """ContProto commands: pseudo-label, convert-encoder, convert-corpus."""
 
 
 @contproto_app.command("pseudo-label")
 def pseudo_label_command(
-    teacher: Path = typer.Argument(..., help="Trained teacher pipeline (folder or package name)"),
+    # str, not Path: spacy.load takes an installed package name as well as a folder
+    teacher: str = typer.Argument(..., help="Trained teacher pipeline (folder or installed package name)"),
     input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Target Docs (.spacy)"),
     output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy with pseudo labels"),
     component: Optional[str] = typer.Option(None, help="span_contproto component to use (default: the only one)"),

@@ -45,7 +45,10 @@ class SelfTrainingCorpus:
     """Labelled source Examples interleaved with pseudo-labelled target Examples,
     ``target_per_source`` target Docs after each source Doc on average (the target
     Docs are cycled when there are fewer of them). One pass over the source corpus
-    is one epoch.
+    is one epoch. spaCy's training loop shuffles the Examples of an epoch before
+    batching, so a batch holds about as many target as source Docs, not exactly.
+    Target Docs beyond (source Docs x target_per_source) take no part in training;
+    the reader warns when that happens.
 
     max_length (tokens, 0 = no limit) bounds both sides: source Docs as spaCy's Corpus
     does (split into sentences when they have boundaries, else skipped); target Docs
@@ -70,6 +73,7 @@ class SelfTrainingCorpus:
         self.target_per_source = target_per_source
         self.target_limit = target_limit
         self.max_length = max_length
+        self.warned_unused_targets = False
 
     def target_docs(self, nlp: Language) -> List[Doc]:
         path = self.target_path
@@ -106,12 +110,25 @@ class SelfTrainingCorpus:
         targets = [target_example(nlp, doc) for doc in self.target_docs(nlp)]
         target_stream = cycle(targets)
         owed = 0.0
+        n_source = n_target = 0
         for example in self.source(nlp):
             yield example
+            n_source += 1
             owed += self.target_per_source
             while owed >= 1.0:
                 yield next(target_stream)
+                n_target += 1
                 owed -= 1.0
+        if n_target < len(targets) and not self.warned_unused_targets:
+            self.warned_unused_targets = True
+            warnings.warn(
+                f"Only {n_target} of the {len(targets)} target Docs in {self.target_path} take part in "
+                f"training: an epoch is one pass over the {n_source} source Examples with "
+                f"target_per_source = {self.target_per_source} target Docs after each. Raise "
+                f"[corpora.train] target_per_source to {len(targets) / max(n_source, 1):.2f} to use them "
+                "all, or set target_limit to silence this.",
+                stacklevel=2,
+            )
 
 
 @registry.readers("spacy_contproto.SelfTrainingCorpus.v1")

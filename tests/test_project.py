@@ -1,5 +1,6 @@
 """The spaCy project: valid project.yml, and the whole workflow on a tiny model."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,7 @@ def test_project_yml_is_valid_and_scripts_exist():
                     assert (PROJECT / word).exists(), word
 
 
-@pytest.fixture(scope="module")
-def project_run(tmp_path_factory, tiny_encoder):
-    folder = tmp_path_factory.mktemp("project") / "contproto"
-    shutil.copytree(PROJECT, folder, ignore=shutil.ignore_patterns(*(PROJECT / ".gitignore").read_text().split()))
+def run_all(folder, tiny_encoder) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "spacy", "project", "run", "all", str(folder),
         "--vars.encoder", str(tiny_encoder), "--vars.encoder_mode", "as-is",
@@ -44,6 +42,14 @@ def project_run(tmp_path_factory, tiny_encoder):
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def project_run(tmp_path_factory, tiny_encoder):
+    folder = tmp_path_factory.mktemp("project") / "contproto"
+    shutil.copytree(PROJECT, folder, ignore=shutil.ignore_patterns(*(PROJECT / ".gitignore").read_text().split()))
+    run_all(folder, tiny_encoder)
     return folder
 
 
@@ -58,7 +64,7 @@ def test_workflow_all_produces_metrics_report_and_package(project_run):
     assert "| de |" in report and "| es |" in report
     for png in ("pseudo_label_f1.png", "tsne_de.png", "tsne_es.png"):
         assert (folder / "reports" / png).stat().st_size > 1000
-    quality = (folder / "training" / "contproto-de" / "pseudo_label_quality.jsonl").read_text().splitlines()
+    quality = (folder / "training" / "contproto" / "de" / "pseudo_label_quality.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in quality] == [0, 1, 2]
 
 
@@ -84,7 +90,25 @@ def test_packaged_wheel_installs_and_loads(project_run, tmp_path):
     names, spans, scores = json.loads(run.stdout.strip().splitlines()[-1])
     assert names == ["transformer", "span_contproto"]
     # the same predictions as the model folder the wheel was built from
-    doc = spacy.load(project_run / "training" / "contproto-de" / "model-best")(text)
+    doc = spacy.load(project_run / "training" / "contproto" / "de" / "model-best")(text)
     group = doc.spans["contproto"]
     assert spans == [[s.start, s.end, s.label_] for s in group]
     assert scores == pytest.approx([float(x) for x in group.attrs["scores"]], abs=1e-6)
+    # the pseudo-label command takes an installed package name as well as a folder
+    out = tmp_path / "de_train.pl.spacy"
+    label = subprocess.run([str(python), "-m", "spacy_contproto", "pseudo-label", "xx_contproto_demo",
+                            str(project_run / "corpus" / "de_train.spacy"), str(out)],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert label.returncode == 0, label.stdout + label.stderr
+    assert "Pseudo-labelled 96 Docs" in label.stdout and out.stat().st_size > 0
+
+
+def test_second_run_all_skips_every_step(project_run, tiny_encoder):
+    # every step declares what it reads and writes, and none writes into another's inputs
+    # (pseudo labels go to pseudo/, not corpus/), so nothing reruns, the teacher least of all
+    workflow = srsly.read_yaml(PROJECT / "project.yml")["workflows"]["all"]
+    teacher = project_run / "training" / "teacher" / "model-best" / "meta.json"
+    before = teacher.stat().st_mtime_ns
+    result = run_all(project_run, tiny_encoder)
+    assert re.findall(r"Skipping '([\w-]+)': nothing changed", result.stdout) == workflow, result.stdout[-3000:]
+    assert teacher.stat().st_mtime_ns == before

@@ -117,6 +117,17 @@ def test_reader_mixes_target_docs_without_gold(synthetic_corpus, target_corpus):
     assert len(half) == 160 + 80
 
 
+def test_reader_warns_when_target_docs_take_no_part(synthetic_corpus, target_corpus):
+    nlp = spacy.blank("xx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 160 source x 0.5 covers all 60 target Docs: no warning
+        list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], target_per_source=0.5)(nlp))
+    reader = SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], target_per_source=0.25)
+    with pytest.warns(UserWarning, match="Only 40 of the 60 target Docs .* target_per_source to 0.38"):
+        examples = list(reader(nlp))
+    assert len({eg.reference.user_data[PAYLOAD_KEY]["id"] for eg in examples if PAYLOAD_KEY in eg.reference.user_data}) == 40
+
+
 def test_reader_max_length_leaves_out_long_target_docs(synthetic_corpus, target_corpus):
     nlp = spacy.blank("xx")
     lengths = sorted(len(doc) for doc in load(target_corpus["pseudo_labelled"], nlp.vocab))

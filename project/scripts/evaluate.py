@@ -27,7 +27,8 @@ def evaluate(model: Path, test: Path) -> dict:
 
 
 def main(
-    training: Path = typer.Argument(..., help="Folder with teacher/ and contproto-{lang}/"),
+    teacher: Path = typer.Argument(..., help="Teacher pipeline (zero-shot)"),
+    students: Path = typer.Argument(..., help="Folder with a student per target language, {lang}/model-best"),
     corpus: Path = typer.Argument(..., help="Folder with {lang}_test.spacy"),
     targets: str = typer.Argument(...),
     metrics: Path = typer.Argument(..., help="Output folder"),
@@ -37,8 +38,7 @@ def main(
         spacy.require_gpu(gpu_id)
     metrics.mkdir(parents=True, exist_ok=True)
     for lang in [t for t in targets.split(",") if t]:
-        for name, model in (("teacher", training / "teacher" / "model-best"),
-                            ("contproto", training / f"contproto-{lang}" / "model-best")):
+        for name, model in (("teacher", teacher), ("contproto", students / lang / "model-best")):
             result = {"system": name, "lang": lang, **evaluate(model, corpus / f"{lang}_test.spacy")}
             if abs(result["ents_f"] - result["seqeval"]["f1"]) > 1e-6:
                 msg.warn(f"{name} {lang}: spaCy F1 {result['ents_f']:.4f} != seqeval {result['seqeval']['f1']:.4f}")

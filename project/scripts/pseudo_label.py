@@ -12,13 +12,15 @@ def main(
     teacher: Path = typer.Argument(..., help="Teacher pipeline"),
     corpus: Path = typer.Argument(..., help="Folder with {lang}_train.spacy"),
     targets: str = typer.Argument(..., help="Target languages, comma-separated"),
+    output: Path = typer.Argument(..., help="Folder for {lang}_train.pl.spacy"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
 ) -> None:
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     nlp = spacy.load(teacher)
+    output.mkdir(parents=True, exist_ok=True)
     for lang in [t for t in targets.split(",") if t]:
-        out = corpus / f"{lang}_train.pl.spacy"
+        out = output / f"{lang}_train.pl.spacy"
         n = pseudo_label_file(nlp, corpus / f"{lang}_train.spacy", out)
         msg.good(f"{lang}: pseudo-labelled {n} Docs -> {out}")
 

@@ -27,11 +27,11 @@ def table(metrics: Path, langs) -> str:
     return "\n".join(lines)
 
 
-def plot_quality(training: Path, langs, out: Path) -> bool:
+def plot_quality(students: Path, langs, out: Path) -> bool:
     plt.figure(figsize=(5, 3.5))
     drawn = False
     for lang in langs:
-        path = training / f"contproto-{lang}" / "pseudo_label_quality.jsonl"
+        path = students / lang / "pseudo_label_quality.jsonl"
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -93,14 +93,14 @@ def plot_tsne(model: Path, source: Path, target: Path, out: Path, n_docs: int = 
                 plt.scatter(pts[sel, 0], pts[sel, 1], s=8, marker=marker, color=f"C{c}",
                             label=f"{cls} ({name})", alpha=0.6)
     plt.legend(fontsize=6, markerscale=2)
-    plt.title(f"t-SNE of span vectors: {model.parent.name}")
+    plt.title(f"t-SNE of span vectors: {model.parent.name} student")
     plt.tight_layout()
     plt.savefig(out, dpi=120)
     plt.close()
 
 
 def main(
-    training: Path = typer.Argument(...),
+    students: Path = typer.Argument(..., help="Folder with a student per target language, {lang}/model-best"),
     metrics: Path = typer.Argument(...),
     corpus: Path = typer.Argument(...),
     source: str = typer.Argument(...),
@@ -112,12 +112,12 @@ def main(
     lines = ["# ContProto results", "", f"Source language: {source}. Micro-F1 on each target's test set "
              "(spaCy scorer, every gold entity counts; cross-checked with seqeval in metrics/).", "",
              table(metrics, langs), ""]
-    if plot_quality(training, langs, output / "pseudo_label_f1.png"):
+    if plot_quality(students, langs, output / "pseudo_label_f1.png"):
         lines += ["## Pseudo-label quality per epoch", "", "![pseudo-label F1](pseudo_label_f1.png)", ""]
     lines += ["## Span vectors (t-SNE)", ""]
     for lang in langs:
         png = output / f"tsne_{lang}.png"
-        plot_tsne(training / f"contproto-{lang}" / "model-best", corpus / f"{source}_dev.spacy",
+        plot_tsne(students / lang / "model-best", corpus / f"{source}_dev.spacy",
                   corpus / f"{lang}_test.spacy", png)
         lines += [f"![t-SNE {lang}]({png.name})", ""]
     (output / "results.md").write_text("\n".join(lines))

@@ -10,8 +10,9 @@ from wasabi import msg
 
 def main(
     config: Path = typer.Argument(..., help="Student config, e.g. ../configs/contproto_cpu.cfg"),
-    corpus: Path = typer.Argument(..., help="Folder with the .spacy files"),
-    training: Path = typer.Argument(..., help="Output folder; students go to contproto-{lang}"),
+    corpus: Path = typer.Argument(..., help="Folder with {source}_train.spacy and {source}_dev.spacy"),
+    pseudo: Path = typer.Argument(..., help="Folder with the pseudo-labelled {lang}_train.pl.spacy"),
+    students: Path = typer.Argument(..., help="Output folder; one student per target language in {lang}/"),
     source: str = typer.Argument(...),
     targets: str = typer.Argument(...),
     encoder: str = typer.Argument(...),
@@ -19,13 +20,13 @@ def main(
     overrides: List[str] = typer.Option([], "--override", help="Extra config overrides, key=value"),
 ) -> None:
     for lang in [t for t in targets.split(",") if t]:
-        out = training / f"contproto-{lang}"
+        out = students / lang
         cmd = [
             sys.executable, "-m", "spacy", "train", str(config), "--output", str(out),
             "--gpu-id", str(gpu_id),
             "--paths.train", str(corpus / f"{source}_train.spacy"),
             "--paths.dev", str(corpus / f"{source}_dev.spacy"),
-            "--paths.target", str(corpus / f"{lang}_train.pl.spacy"),
+            "--paths.target", str(pseudo / f"{lang}_train.pl.spacy"),
             "--paths.encoder", encoder,
             "--paths.quality_log", str(out / "pseudo_label_quality.jsonl"),
             "--paths.pseudo_label_store", str(out / "pseudo_labels"),
