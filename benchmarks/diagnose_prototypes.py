@@ -35,27 +35,51 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import reproduce  # noqa: E402
 
 
+def decoding_counts(gold_doc, predicted_doc, spans: numpy.ndarray, logits: numpy.ndarray, names: List[str]) -> Dict[str, int]:
+    """Gold entities, decoded entities, true positives, and the gold entities whose own span the
+    classifier labels right but that the decoded doc.ents lack (an overlapping span won)."""
+    from spacy_contproto.spans import OUTSIDE
+
+    best = logits.argmax(1)
+    span_label = {(int(a), int(b)): names[c] for (a, b), c in zip(spans, best) if c != OUTSIDE}
+    gold = {(e.start, e.end, e.label_) for e in gold_doc.ents}
+    predicted = {(e.start, e.end, e.label_) for e in predicted_doc.ents}
+    span_right = {g for g in gold if span_label.get(g[:2]) == g[2]}
+    return {"gold": len(gold), "predicted": len(predicted), "true_positives": len(gold & predicted),
+            "span_right": len(span_right), "span_right_lost_in_decoding": len(span_right - predicted)}
+
+
 def span_outputs(nlp, docs, batch_size: int = 64):
-    """Gold class, classifier logits, projection and representation of every enumerated span."""
+    """Gold class, classifier logits, projection and representation of every enumerated span,
+    and the decoding counts (decoding_counts) summed over the docs."""
     from spacy.tokens import Doc
     from spacy.training import Example
+
+    from spacy_contproto.component import SpanProbabilities
 
     component = nlp.get_pipe("span_contproto")
     component.model.attrs["predict_projections"] = True
     ops = component.model.ops
     gold_all, logits_all, proj_all, repr_all = [], [], [], []
+    counts: Dict[str, int] = {}
     for i in range(0, len(docs), batch_size):
         batch = docs[i : i + batch_size]
         words = (Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in batch)
         inputs = list(nlp.pipe(words, disable=["span_contproto"]))
         out = component.model.predict(inputs)
         gold, _, _ = component.gold_targets([Example(x, y) for x, y in zip(inputs, batch)], out.spans)
+        component.set_annotations(inputs, SpanProbabilities(out.spans, ops.softmax(out.logits)))
+        spans, logits, offset = ops.to_numpy(out.spans.data), ops.to_numpy(out.logits), 0
+        for x, y, n in zip(inputs, batch, ops.to_numpy(out.spans.lengths)):
+            doc_counts = decoding_counts(y, x, spans[offset:offset + n], logits[offset:offset + n], component.class_names)
+            counts = {k: counts.get(k, 0) + v for k, v in doc_counts.items()}
+            offset += n
         gold_all.append(gold)
         logits_all.append(ops.to_numpy(out.logits))
         proj_all.append(ops.to_numpy(out.projections))
         repr_all.append(ops.to_numpy(out.representations))
     return (component, numpy.concatenate(gold_all), numpy.concatenate(logits_all),
-            numpy.concatenate(proj_all), numpy.concatenate(repr_all))
+            numpy.concatenate(proj_all), numpy.concatenate(repr_all), counts)
 
 
 def centroid_accuracy(vectors: numpy.ndarray, gold: numpy.ndarray, classes: List[int], normalise: bool) -> float:
@@ -82,7 +106,7 @@ def diagnose(model_dir: Path, test: Path, n_sentences: int, seed: int) -> Dict:
     docs = [d for d in docs if len(d)]
     random.Random(seed).shuffle(docs)
     docs = docs[:n_sentences]
-    component, gold, logits_all, proj, reprs = span_outputs(nlp, docs)
+    component, gold, logits_all, proj, reprs, counts = span_outputs(nlp, docs)
     names = component.class_names
     prototypes = component.state.memory.prototypes.numpy() if component.state is not None else None
     if prototypes is None or not numpy.any(prototypes):
@@ -110,7 +134,7 @@ def diagnose(model_dir: Path, test: Path, n_sentences: int, seed: int) -> Dict:
                                "classifier_entity_type_accuracy": round(float((p_typed[m] == c).mean()), 4)}
     return {
         "model": str(model_dir), "test": str(test), "sentences": len(docs), "spans": int(len(gold)),
-        "gold_entity_spans_enumerated": int(entity.sum()), "classes": names,
+        "gold_entity_spans_enumerated": int(entity.sum()), "classes": names, "decoding": counts,
         "classifier_accuracy": round(float((p == g).mean()), 4),
         "classifier_entity_type_accuracy": round(float((p_typed == g).mean()), 4),
         "nearest_prototype_accuracy_all_classes": round(float((sims.argmax(1) == g).mean()), 4),
@@ -169,6 +193,14 @@ def main() -> None:
                      f"{r['nearest_entity_prototype_accuracy']:.3f} | {r['nearest_prototype_accuracy_all_classes']:.3f} | "
                      f"{r['projection_nearest_centroid_accuracy']:.3f} | {r['representation_nearest_centroid_accuracy']:.3f} | "
                      f"{r['mean_cosine_to_own_prototype']:.3f} | {r['mean_cosine_to_nearest_other_entity_prototype']:.3f} |")
+    lines += ["", "Decoding on the same sentences (doc.ents, greedy non-overlapping): gold entities whose own span the "
+              "classifier labels right, and how many of those an overlapping span displaced.", "",
+              "| target | student | gold entities | decoded P | decoded R | own span labelled right | of those, lost in decoding |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        d = r["decoding"]
+        lines.append(f"| {r['target']} | {r['variant']} | {d['gold']} | {d['true_positives'] / max(d['predicted'], 1):.3f} | "
+                     f"{d['true_positives'] / max(d['gold'], 1):.3f} | {d['span_right']} | {d['span_right_lost_in_decoding']} |")
     lines += ["", "Per class, nearest entity prototype / classifier entity-type accuracy:", ""]
     for r in results:
         parts = [f"{c} {v['nearest_entity_prototype_accuracy']:.2f} / {v['classifier_entity_type_accuracy']:.2f} (n={v['spans']})"
