@@ -653,9 +653,9 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
                   "|---|" + "---|" * (2 * len(langs))]
         for variant in ["zero_shot", *VARIANTS, *RETIRED_VARIANTS]:
-            got: Dict[str, List[float]] = {}
+            got: Dict[str, List[Tuple[int, float]]] = {}
             for r in sorted((r for r in cells if r["variant"] == variant), key=lambda r: r["seed"]):
-                got.setdefault(r["target"], []).append(r["test"]["f1"])
+                got.setdefault(r["target"], []).append((r["seed"], r["test"]["f1"]))
             if not got:
                 continue
             ours = [f1_cell(got[t]) if t in got else "" for t in langs]
@@ -730,11 +730,15 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
     return lines
 
 
-def f1_cell(scores: List[float]) -> str:
-    """One F1 cell: the score, or the mean over seeds followed by each seed's score."""
+def f1_cell(scores: List[Tuple[int, float]]) -> str:
+    """One F1 cell from (seed, F1) pairs in seed order: the score, or the mean over seeds followed by
+    each seed's score; seeds are named unless they are 0, 1, ... in order."""
+    seeds, f1 = [s for s, _ in scores], [x for _, x in scores]
+    named = seeds != list(range(len(seeds)))
     if len(scores) == 1:
-        return f"{scores[0]:.2f}"
-    return f"{sum(scores) / len(scores):.2f} ({', '.join(f'{x:.2f}' for x in scores)})"
+        return f"{f1[0]:.2f}" + (f" (seed {seeds[0]})" if named else "")
+    each = [f"seed {s}: {x:.2f}" if named else f"{x:.2f}" for s, x in scores]
+    return f"{sum(f1) / len(f1):.2f} ({', '.join(each)})"
 
 
 def method_label(run: dict) -> str:
