@@ -1,6 +1,7 @@
 """spaCy training plumbing for self-training: the reader that mixes labelled source
 Docs with pseudo-labelled target Docs, the schedule callback and a console logger
 that shows every ContProto loss."""
+import math
 import sys
 import warnings
 from itertools import cycle, islice
@@ -121,11 +122,13 @@ class SelfTrainingCorpus:
                 owed -= 1.0
         if n_target < len(targets) and not self.warned_unused_targets:
             self.warned_unused_targets = True
+            # rounded up, so that the suggested ratio covers every target Doc
+            needed = math.ceil(100 * len(targets) / max(n_source, 1)) / 100
             warnings.warn(
                 f"Only {n_target} of the {len(targets)} target Docs in {self.target_path} take part in "
                 f"training: an epoch is one pass over the {n_source} source Examples with "
                 f"target_per_source = {self.target_per_source} target Docs after each. Raise "
-                f"[corpora.train] target_per_source to {len(targets) / max(n_source, 1):.2f} to use them "
+                f"[corpora.train] target_per_source to {needed} to use them "
                 "all, or set target_limit to silence this.",
                 stacklevel=2,
             )

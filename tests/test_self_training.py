@@ -126,6 +126,9 @@ def test_reader_warns_when_target_docs_take_no_part(synthetic_corpus, target_cor
     with pytest.warns(UserWarning, match="Only 40 of the 60 target Docs .* target_per_source to 0.38"):
         examples = list(reader(nlp))
     assert len({eg.reference.user_data[PAYLOAD_KEY]["id"] for eg in examples if PAYLOAD_KEY in eg.reference.user_data}) == 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the suggested ratio uses every target Doc
+        list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], target_per_source=0.38)(nlp))
 
 
 def test_reader_max_length_leaves_out_long_target_docs(synthetic_corpus, target_corpus):
