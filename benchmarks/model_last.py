@@ -26,13 +26,14 @@ def main() -> None:
     parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=max(reproduce.PROTOCOLS))
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
     args = parser.parse_args()
+    args.runs = reproduce.runs_dir(args.protocol)
     work, students = reproduce.work_folders(args.work.resolve(), args.corpus, args.protocol)
     out = reproduce.RESULTS / f"model_last_{args.corpus}_protocol{args.protocol}"
     done = json.loads(out.with_suffix(".json").read_text())["runs"] if out.with_suffix(".json").exists() else []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for cell in args.cells:
             lang, _, variant = cell.partition(":")
-            recorded = reproduce.runs_dir(args.protocol) / f"{args.corpus}-{lang}-{variant}-seed{seed}.json"
+            recorded = reproduce.run_json(args, lang, variant, seed)
             model = students / reproduce.student_name(lang, variant, seed) / "model-last"
             if not recorded.exists() or not model.exists():
                 sys.exit(f"{recorded} or {model} missing: benchmarks/reproduce.py grid --seed {seed} {cell}")
