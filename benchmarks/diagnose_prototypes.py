@@ -204,7 +204,7 @@ def main() -> None:
             sys.exit(f"{model} does not exist: train it with benchmarks/reproduce.py grid --protocol {args.protocol} "
                      f"--seed {args.training_seed} {cell}")
         result = {"protocol_version": args.protocol, "training_seed": args.training_seed, "target": lang, "variant": variant,
-                  **diagnose(model, work / args.corpus / "corpus" / f"{lang}_test.spacy", args.sentences, args.seed)}
+                  **diagnose(model, reproduce.test_file(work, args.corpus, lang), args.sentences, args.seed)}
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
     out = RESULTS / (f"diagnose_prototypes_{args.corpus}" + (f"_protocol{args.protocol}" if args.protocol > 1 else "")

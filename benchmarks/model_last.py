@@ -39,7 +39,7 @@ def main() -> None:
                 sys.exit(f"{recorded} or {model} missing: benchmarks/reproduce.py grid --seed {seed} {cell}")
             run = json.loads(recorded.read_text())
             best_step = max(run["dev_curve"], key=lambda row: row["dev_f1"])["step"]
-            last = reproduce.evaluate(model, work / args.corpus / "corpus" / f"{lang}_test.spacy")
+            last = reproduce.evaluate(model, reproduce.test_file(work, args.corpus, lang))
             row = {"target": lang, "variant": variant, "seed": seed, "best_step": best_step,
                    "last_step": run["training_steps"], "best": {k: run["test"][k] for k in ("f1", "precision", "recall")},
                    "last": {k: last[k] for k in ("f1", "precision", "recall")}, "machine": reproduce.machine()}

@@ -119,6 +119,11 @@ def work_folders(work: Path, corpus: str, version: int) -> Tuple[Path, Path]:
     return work, work / corpus / (f"protocol{version}" if shared else "")
 
 
+def test_file(work: Path, corpus: str, lang: str) -> Path:
+    """A target's test set under a protocol's folder of corpora (work_folders' first)."""
+    return work / corpus / "corpus" / f"{lang}_test.spacy"
+
+
 def run_json(args, lang: str, variant: str, seed: int) -> Path:
     """Where a run's result JSON lives."""
     return args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json"
@@ -544,7 +549,7 @@ def backfill(args) -> None:
     for path in sorted(args.runs.glob(f"{args.corpus}-*.json")):
         result = json.loads(path.read_text())
         if "max_recall" not in result["test"]:
-            test = args.work / args.corpus / "corpus" / f"{result['target']}_test.spacy"
+            test = test_file(args.work, args.corpus, result["target"])
             gold = DocBin().from_disk(test).get_docs(spacy.blank("xx").vocab)
             result["test"].update(unreachable_gold(gold, result["protocol"]["max_span_length"]))
             write_json(path, result)
