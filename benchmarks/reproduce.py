@@ -163,9 +163,35 @@ PAPER_ROW = {"vanilla": "w/o proto & cl", "contproto": "ContProto", "no_proto": 
 
 # --- helpers -----------------------------------------------------------------------------------
 
+# Settings that choose torch's, MKL's and oneDNN's CPU kernels. One machine trains bit-identical
+# models from the same code and seed, but the kernels follow the CPU's instruction set and round
+# differently, so the same run on another CPU can end elsewhere (protocol 2's two teachers did).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def cpu_info() -> Dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n")[0]
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+
+
 def machine() -> dict:
+    from importlib.metadata import version
+    import torch
+
+    cpu = cpu_info()
+    flags = set(cpu.get("flags", "").split())
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "gpu": "none"}
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "gpu": "none",
+            "cpu_model": cpu.get("model name", ""), "cpu_isa": [f for f in ISA_FLAGS if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
+            "packages": {p: version(p) for p in ("torch", "transformers", "spacy", "spacy-transformers", "thinc", "numpy")}}
 
 
 def sha256(path: Path) -> str:
@@ -200,7 +226,8 @@ def run_measured(cmd: List[str], log: Path, env: Optional[Dict[str, str]] = None
     if proc.returncode != 0:
         sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
     return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "load_avg_end": os.getloadavg(), "omp_num_threads": env.get("OMP_NUM_THREADS"), "code": code}
+            "load_avg_end": os.getloadavg(), "omp_num_threads": env.get("OMP_NUM_THREADS"),
+            "kernel_env": {k: env[k] for k in KERNEL_ENV if k in env}, "code": code}
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
@@ -456,7 +483,8 @@ def teacher(args) -> None:
             # a teacher retrained for later students (its model is kept outside the repository)
             # never replaces the recorded run: it is checked against it
             record = json.loads(path.read_text())
-            check = {"test_f1": test["f1"], "source_dev_f1": source_dev_f1, **usage, "date": time.strftime("%Y-%m-%d")}
+            check = {"test_f1": test["f1"], "source_dev_f1": source_dev_f1, **usage, "date": time.strftime("%Y-%m-%d"),
+                     "machine": machine()}
             record.setdefault("retrained", []).append(check)
             write_json(path, record)
             same = check["test_f1"] == record["test"]["f1"]
