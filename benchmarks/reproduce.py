@@ -677,30 +677,19 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         if not cells:
             continue
         langs = list(spec["targets"])
-        seeds = sorted({r["seed"] for r in cells})
-        lines += ["", f"## {corpus}: F1 (protocol {version}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) | paper", ""]
-        if len(seeds) > 1:
-            lines += ["A cell with more than one seed gives the mean, then each seed's F1 in seed order "
-                      "(students only; every teacher run uses seed 0, and the Runs table's teacher column tells which "
-                      "teacher run a student started from).", ""]
-        lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
-                  "|---|" + "---|" * (2 * len(langs))]
-        for variant in ["zero_shot", *VARIANTS, *RETIRED_VARIANTS]:
-            got: Dict[str, List[Tuple[int, float]]] = {}
-            for r in sorted((r for r in cells if r["variant"] == variant), key=lambda r: r["seed"]):
-                got.setdefault(r["target"], []).append((r["seed"], r["test"]["f1"]))
-            if not got:
-                continue
-            ours = [f1_cell(got[t]) if t in got else "" for t in langs]
-            paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
-            theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
-            lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
-            retrained = {r["target"]: r["retrained"] for r in cells if r["variant"] == variant and r.get("retrained")}
-            for i in range(max((len(x) for x in retrained.values()), default=0)):
-                dev = next(x[i]["source_dev_f1"] for x in retrained.values() if len(x) > i)
-                row = [f"{retrained[t][i]['test_f1']:.2f}" if len(retrained.get(t, [])) > i else "" for t in langs]
-                lines.append(f"| zero-shot, teacher retrained with the same seed (source dev F1 {dev}) | "
-                             + " | ".join(row + [""] * len(langs)) + " |")
+        students = [r for r in cells if r["variant"] != "zero_shot"]
+        teachers = teacher_runs(cells)
+        # students that started from different teacher runs are not one sample: one table per teacher
+        used = sorted({r.get("teacher_source_dev_f1") for r in students}, key=str)
+        groups = used if students and None not in used else [None]
+        if len(groups) > 1:
+            lines += ["", f"The {corpus} students of this protocol started from {len(groups)} teacher runs "
+                      "(the same code, data and seed, trained on different machines: see the notes), so each has "
+                      "its own table and zero-shot row."]
+        for group in groups:
+            group_students = [r for r in students if group is None or r.get("teacher_source_dev_f1") == group]
+            lines += f1_table(corpus, spec, version, langs, group_students,
+                              [t for t in teachers if group is None or t[0] == group], group)
         lines += ["", "### Runs", "",
                   "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | teacher's source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -760,6 +749,57 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                 top = ", ".join(f"{k} {v}" for k, v in list(x["flips_by_class"].items())[:4])
                 lines.append(f"| {r['target']} | {method_label(r)} | {x['spans']} | "
                              f"{100 * x['share_changed']:.1f}% | {x['mean_l1_of_changed']:.4f} | {x['argmax_flips']} | {top} |")
+    return lines
+
+
+def teacher_runs(cells: List[dict]) -> List[Tuple[float, Dict[str, float], int]]:
+    """The distinct teacher runs behind a corpus's zero-shot JSONs (the recorded run, then any
+    retrained with the same seed), in the order first trained: source dev F1, test F1 per target,
+    and how many trainings gave exactly those scores."""
+    zero = [r for r in cells if r["variant"] == "zero_shot"]
+    found: Dict[tuple, int] = {}
+    for i in range(max((1 + len(r.get("retrained", [])) for r in zero), default=0)):
+        dev, scores = None, {}
+        for r in zero:
+            runs = [{"source_dev_f1": r["source_dev_f1"], "test_f1": r["test"]["f1"]}, *r.get("retrained", [])]
+            if i < len(runs):
+                dev, scores[r["target"]] = runs[i]["source_dev_f1"], runs[i]["test_f1"]
+        key = (dev, tuple(scores.items()))
+        found[key] = found.get(key, 0) + 1
+    return [(dev, dict(scores), n) for (dev, scores), n in found.items()]
+
+
+def f1_table(corpus: str, spec: dict, version: int, langs: List[str], students: List[dict],
+             teachers: List[Tuple[float, Dict[str, float], int]], teacher: Optional[float]) -> List[str]:
+    """One F1 table: zero-shot rows for the given teacher runs, then the students' cells beside the paper."""
+    seeds = sorted({r["seed"] for r in students}) or [0]
+    who = f", students from the teacher with source dev F1 {teacher}" if teacher is not None else ""
+    lines = ["", f"## {corpus}: F1 (protocol {version}{who}, seed{'s' if len(seeds) > 1 else ''} "
+             f"{', '.join(map(str, seeds))}) | paper", ""]
+    if len(seeds) > 1:
+        lines += ["A cell with more than one seed gives the mean, then each seed's F1 in seed order "
+                  "(students only; every teacher run uses seed 0, and the Runs table's teacher column tells which "
+                  "teacher run a student started from).", ""]
+    lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
+              "|---|" + "---|" * (2 * len(langs))]
+    for dev, scores, trainings in teachers:
+        label = VARIANT_NAMES["zero_shot"]
+        if len(teachers) > 1 or teacher is not None:
+            label += f", source dev F1 {dev}"
+        if trainings > 1:
+            label += f"; trained {trainings} times with these scores"
+        row = [f"{scores[t]:.2f}" if t in scores else "" for t in langs]
+        lines.append(f"| {label} | " + " | ".join(row + [""] * len(langs)) + " |")
+    for variant in [*VARIANTS, *RETIRED_VARIANTS]:
+        got: Dict[str, List[Tuple[int, float]]] = {}
+        for r in sorted((r for r in students if r["variant"] == variant), key=lambda r: r["seed"]):
+            got.setdefault(r["target"], []).append((r["seed"], r["test"]["f1"]))
+        if not got:
+            continue
+        ours = [f1_cell(got[t]) if t in got else "" for t in langs]
+        paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
+        theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
+        lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
     return lines
 
 
