@@ -164,8 +164,8 @@ PAPER_ROW = {"vanilla": "w/o proto & cl", "contproto": "ContProto", "no_proto": 
 # --- helpers -----------------------------------------------------------------------------------
 
 # Settings that choose torch's, MKL's and oneDNN's CPU kernels. One machine trains bit-identical
-# models from the same code and seed, but the kernels follow the CPU's instruction set and round
-# differently, so the same run on another CPU can end elsewhere (protocol 2's two teachers did).
+# models from the same code and seed, but which kernels run (and how they round) depends on the
+# machine, so the same run on another one can end elsewhere (protocol 2's two teachers did).
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
 
