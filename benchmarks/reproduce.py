@@ -170,6 +170,11 @@ KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONE
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
+def kernel_settings(env) -> Dict[str, str]:
+    """The kernel-selection settings (KERNEL_ENV) that an environment sets."""
+    return {k: env[k] for k in KERNEL_ENV if k in env}
+
+
 def cpu_info() -> Dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     try:
@@ -190,7 +195,7 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "gpu": "none",
             "cpu_model": cpu.get("model name", ""), "cpu_isa": [f for f in ISA_FLAGS if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
+            "kernel_env": kernel_settings(os.environ),
             "packages": {p: version(p) for p in ("torch", "transformers", "spacy", "spacy-transformers", "thinc", "numpy")}}
 
 
@@ -227,7 +232,7 @@ def run_measured(cmd: List[str], log: Path, env: Optional[Dict[str, str]] = None
         sys.exit(f"Failed ({proc.returncode}): {' '.join(cmd)}\nsee {log}")
     return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "load_avg_end": os.getloadavg(), "omp_num_threads": env.get("OMP_NUM_THREADS"),
-            "kernel_env": {k: env[k] for k in KERNEL_ENV if k in env}, "code": code}
+            "kernel_env": kernel_settings(env), "code": code}
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
