@@ -483,7 +483,7 @@ def teacher(args) -> None:
     source_dev_f1 = dev_score(model)
     for lang in spec["targets"]:
         path = run_json(args, lang, "zero_shot", args.protocol["training_seed"])
-        test = evaluate(model, corpus / f"{lang}_test.spacy")
+        test = evaluate(model, test_file(args.work, args.corpus, lang))
         if path.exists():
             # a teacher retrained for later students (its model is kept outside the repository)
             # never replaces the recorded run: it is checked against it
@@ -558,7 +558,7 @@ def student(args, lang: str, variant: str) -> None:
               "teacher_source_dev_f1": dev_score(work / "teacher" / "model-best"),
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
               "source_dev_f1": dev_score(model), "dev_curve": dev_curve(logs / f"{name}.log"),
-              **usage, "test": evaluate(model, corpus / f"{lang}_test.spacy"),
+              **usage, "test": evaluate(model, test_file(args.work, args.corpus, lang)),
               "pseudo_label_quality": [json.loads(line) for line in quality.read_text().splitlines()]
               if quality.exists() else [],
               "prototypes_at_end": prototype_summary(out / "model-last"),
