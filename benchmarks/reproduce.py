@@ -480,7 +480,7 @@ def teacher(args) -> None:
     print("Training the teacher:", " ".join(cmd))
     usage = run_measured(cmd, work / "logs" / "teacher.log")
     model = out / "model-best"
-    source_dev_f1 = dev_score(model)
+    source_dev_f1, here = dev_score(model), machine()
     for lang in spec["targets"]:
         path = run_json(args, lang, "zero_shot", args.protocol["training_seed"])
         test = evaluate(model, test_file(args.work, args.corpus, lang))
@@ -489,7 +489,7 @@ def teacher(args) -> None:
             # never replaces the recorded run: it is checked against it
             record = json.loads(path.read_text())
             check = {"test_f1": test["f1"], "source_dev_f1": source_dev_f1, **usage, "date": time.strftime("%Y-%m-%d"),
-                     "machine": machine()}
+                     "machine": here}
             record.setdefault("retrained", []).append(check)
             write_json(path, record)
             same = check["test_f1"] == record["test"]["f1"]
@@ -497,7 +497,7 @@ def teacher(args) -> None:
                   f"({'identical to' if same else 'DIFFERS from'} the recorded {record['test']['f1']})")
             continue
         result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
-                  "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
+                  "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": here, "training_steps": steps,
                   "source_dev_f1": source_dev_f1, "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
                   "test": test,
                   "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
