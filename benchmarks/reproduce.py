@@ -805,18 +805,40 @@ def f1_table(corpus: str, spec: dict, version: int, langs: List[str], students: 
         paper = spec["paper"].get(PAPER_ROW.get(variant, ""), {})
         theirs = [f"{paper[t]:.2f}" if t in paper else "" for t in langs]
         lines.append(f"| {VARIANT_NAMES[variant]} | " + " | ".join(ours + theirs) + " |")
-    return lines
+    return lines + paired_differences(students, langs)
 
 
-def f1_cell(scores: List[Tuple[int, float]]) -> str:
+def paired_differences(students: List[dict], langs: List[str]) -> List[str]:
+    """F1 differences between two variants at the same seed (students of one teacher run, so each pair
+    shares its pseudo labels and initialisation): ContProto - vanilla, then each ablation - ContProto.
+    Seeds spread one variant by up to a few F1, so only these pairs compare variants fairly."""
+    f1 = {(r["variant"], r["target"], r["seed"]): r["test"]["f1"] for r in students}
+    others = [v for v in [*VARIANTS, *RETIRED_VARIANTS] if v not in ("contproto", "vanilla")]
+    rows = []
+    for variant, base in [("contproto", "vanilla"), *((v, "contproto") for v in others)]:
+        cells = []
+        for target in langs:
+            diffs = [(seed, f1[(variant, target, seed)] - f1[(base, target, seed)])
+                     for (v, t, seed) in sorted(f1) if v == variant and t == target and (base, t, seed) in f1]
+            cells.append(f1_cell(diffs, signed=True) if diffs else "")
+        if any(cells):
+            rows.append(f"| {VARIANT_NAMES[variant]} - {VARIANT_NAMES[base]} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Differences at the same seed (F1 points; mean, then each seed's difference):", "",
+            "| difference | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs), *rows]
+
+
+def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
     """One F1 cell from (seed, F1) pairs in seed order: the score, or the mean over seeds followed by
-    each seed's score; seeds are named unless they are 0, 1, ... in order."""
+    each seed's score; seeds are named unless they are 0, 1, ... in order. signed: for differences."""
     seeds, f1 = [s for s, _ in scores], [x for _, x in scores]
+    number = "{:+.2f}" if signed else "{:.2f}"
     named = seeds != list(range(len(seeds)))
     if len(scores) == 1:
-        return f"{f1[0]:.2f}" + (f" (seed {seeds[0]})" if named else "")
-    each = [f"seed {s}: {x:.2f}" if named else f"{x:.2f}" for s, x in scores]
-    return f"{sum(f1) / len(f1):.2f} ({', '.join(each)})"
+        return number.format(f1[0]) + (f" (seed {seeds[0]})" if named else "")
+    each = [f"seed {s}: {number.format(x)}" if named else number.format(x) for s, x in scores]
+    return f"{number.format(sum(f1) / len(f1))} ({', '.join(each)})"
 
 
 def method_label(run: dict) -> str:
