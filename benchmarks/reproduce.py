@@ -964,8 +964,23 @@ def main() -> None:
         args.protocol = {**args.protocol, "training_seed": args.seed}
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
+    if args.step != "report":
+        check_package()
     steps = {"prepare": prepare, "teacher": teacher, "grid": grid, "report": report, "backfill": backfill}
     steps[args.step](args)
+
+
+def check_package() -> None:
+    """Runs record this checkout's commit, so they must run its code: fail before a training, not after it
+    (the evaluation imports the package from the environment, while `spacy train` run from the repository
+    root would find this checkout's anyway)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("spacy_contproto")
+    found = Path(spec.origin).resolve() if spec and spec.origin else None
+    if found is None or REPO not in found.parents:
+        sys.exit(f"spacy_contproto is {'imported from ' + str(found.parent) if found else 'not installed'}, "
+                 f"not from this checkout ({REPO}): pip install --no-deps -e {REPO}")
 
 
 if __name__ == "__main__":
