@@ -695,6 +695,8 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
             group_students = [r for r in students if group is None or r.get("teacher_source_dev_f1") == group]
             lines += f1_table(corpus, spec, version, langs, group_students,
                               [t for t in teachers if group is None or t[0] == group], group)
+        if len(groups) > 1:
+            lines += pooled_differences(students, langs, len(groups))
         lines += ["", "### Runs", "",
                   "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | teacher's source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -812,21 +814,53 @@ def paired_differences(students: List[dict], langs: List[str]) -> List[str]:
     """F1 differences between two variants at the same seed (students of one teacher run, so each pair
     shares its pseudo labels and initialisation): ContProto - vanilla, then each ablation - ContProto.
     Seeds spread one variant by up to a few F1, so only these pairs compare variants fairly."""
-    f1 = {(r["variant"], r["target"], r["seed"]): r["test"]["f1"] for r in students}
+    rows = [(name, [f1_cell(diffs, signed=True) if diffs else "" for diffs in cells])
+            for name, cells in difference_rows(students, langs)]
+    return difference_table("Differences at the same seed (F1 points; mean, then each seed's difference):",
+                            rows, langs)
+
+
+def pooled_differences(students: List[dict], langs: List[str], teachers: int) -> List[str]:
+    """The same-seed differences of every teacher run together: each pair still shares one teacher run
+    and seed, so pooling pairs (not scores) keeps the comparison fair."""
+    rows = []
+    for name, cells in difference_rows(students, langs):
+        row = []
+        for diffs in cells:
+            values = [d for _, d in diffs]
+            if len(values) < 2:
+                row.append(f"{values[0]:+.2f} (1 pair)" if values else "")
+                continue
+            mean = sum(values) / len(values)
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            above = sum(v > 0 for v in values)
+            row.append(f"{mean:+.2f} (sd {sd:.2f}; {above} of {len(values)} pairs above 0)")
+        rows.append((name, row))
+    return difference_table(f"Differences at the same seed, the pairs of all {teachers} teacher runs together "
+                            "(F1 points; mean over pairs, sd, how many pairs are above 0):", rows, langs)
+
+
+def difference_rows(students: List[dict], langs: List[str]) -> List[Tuple[str, List[List[Tuple[int, float]]]]]:
+    """For ContProto - vanilla and each ablation - ContProto: per target, the (seed, F1 difference) of every
+    pair of students that share a teacher run and a seed."""
+    f1 = {(r["variant"], r["target"], r["seed"], r.get("teacher_source_dev_f1")): r["test"]["f1"] for r in students}
     others = [v for v in [*VARIANTS, *RETIRED_VARIANTS] if v not in ("contproto", "vanilla")]
     rows = []
     for variant, base in [("contproto", "vanilla"), *((v, "contproto") for v in others)]:
-        cells = []
-        for target in langs:
-            diffs = [(seed, f1[(variant, target, seed)] - f1[(base, target, seed)])
-                     for (v, t, seed) in sorted(f1) if v == variant and t == target and (base, t, seed) in f1]
-            cells.append(f1_cell(diffs, signed=True) if diffs else "")
+        cells = [[(seed, f1[(variant, target, seed, teacher)] - f1[(base, target, seed, teacher)])
+                  for (v, t, seed, teacher) in sorted(f1, key=str)
+                  if v == variant and t == target and (base, t, seed, teacher) in f1]
+                 for target in langs]
         if any(cells):
-            rows.append(f"| {VARIANT_NAMES[variant]} - {VARIANT_NAMES[base]} | " + " | ".join(cells) + " |")
+            rows.append((f"{VARIANT_NAMES[variant]} - {VARIANT_NAMES[base]}", cells))
+    return rows
+
+
+def difference_table(title: str, rows: List[Tuple[str, List[str]]], langs: List[str]) -> List[str]:
     if not rows:
         return []
-    return ["", "Differences at the same seed (F1 points; mean, then each seed's difference):", "",
-            "| difference | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs), *rows]
+    return ["", title, "", "| difference | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs),
+            *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows)]
 
 
 def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
