@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -831,10 +832,9 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
             if len(values) < 2:
                 row.append(f"{values[0]:+.2f} (1 pair)" if values else "")
                 continue
-            mean = sum(values) / len(values)
-            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
             above = sum(v > 0 for v in values)
-            row.append(f"{mean:+.2f} (sd {sd:.2f}; {above} of {len(values)} pairs above 0)")
+            row.append(f"{statistics.mean(values):+.2f} (sd {statistics.stdev(values):.2f}; "
+                       f"{above} of {len(values)} pairs above 0)")
         rows.append((name, row))
     return difference_table(f"Differences at the same seed, the pairs of all {teachers} teacher runs together "
                             "(F1 points; mean over pairs, sd, how many pairs are above 0):", rows, langs)
@@ -848,7 +848,7 @@ def difference_rows(students: List[dict], langs: List[str]) -> List[Tuple[str, L
     rows = []
     for variant, base in [("contproto", "vanilla"), *((v, "contproto") for v in others)]:
         cells = [[(seed, f1[(variant, target, seed, teacher)] - f1[(base, target, seed, teacher)])
-                  for (v, t, seed, teacher) in sorted(f1, key=str)
+                  for (v, t, seed, teacher) in sorted(f1, key=lambda k: (k[2], k[3] or 0.0))
                   if v == variant and t == target and (base, t, seed, teacher) in f1]
                  for target in langs]
         if any(cells):
