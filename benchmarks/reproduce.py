@@ -872,7 +872,7 @@ def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
     if len(scores) == 1:
         return number.format(f1[0]) + (f" (seed {seeds[0]})" if named else "")
     each = [f"seed {s}: {number.format(x)}" if named else number.format(x) for s, x in scores]
-    return f"{number.format(sum(f1) / len(f1))} ({', '.join(each)})"
+    return f"{number.format(statistics.mean(f1))} ({', '.join(each)})"
 
 
 def method_label(run: dict) -> str:
