@@ -836,7 +836,8 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
             row.append(f"{statistics.mean(values):+.2f} (sd {statistics.stdev(values):.2f}; "
                        f"{above} of {len(values)} pairs above 0)")
         rows.append((name, row))
-    return difference_table(f"Differences at the same seed, the pairs of all {teachers} teacher runs together "
+    return difference_table("Differences at the same seed, the pairs of "
+                            f"{'both' if teachers == 2 else f'all {teachers}'} teacher runs together "
                             "(F1 points; mean over pairs, sd, how many pairs are above 0):", rows, langs)
 
 
