@@ -125,9 +125,27 @@ def test_file(work: Path, corpus: str, lang: str) -> Path:
     return work / corpus / "corpus" / f"{lang}_test.spacy"
 
 
-def run_json(args, lang: str, variant: str, seed: int) -> Path:
-    """Where a run's result JSON lives."""
-    return args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}.json"
+def run_json(args, lang: str, variant: str, seed: int, tag: str = "") -> Path:
+    """Where a run's result JSON lives (tag: teacher_tag of a student's teacher; a zero-shot run's
+    seed is its teacher's own)."""
+    return args.runs / f"{args.corpus}-{lang}-{variant}-seed{seed}{tag}.json"
+
+
+def default_teacher_seed(version: int) -> int:
+    """The seed a protocol trains its teacher with (its teacher protocol's training seed)."""
+    return PROTOCOLS[PROTOCOLS[version].get("teacher_protocol") or version]["training_seed"]
+
+
+def teacher_tag(teacher_seed: int, version: int) -> str:
+    """The name part of everything that depends on a teacher trained with another seed than the
+    protocol's (its folder and log, its pseudo labels, its students' folders and JSONs); empty for the
+    protocol's own teacher, so the first runs keep their names."""
+    return "" if teacher_seed == default_teacher_seed(version) else f"-teacher{teacher_seed}"
+
+
+def teacher_name(teacher_seed: int, version: int) -> str:
+    """Folder and log name of a teacher: `teacher` for the protocol's seed, else `teacher-seedN`."""
+    return "teacher" + (f"-seed{teacher_seed}" if teacher_tag(teacher_seed, version) else "")
 
 
 def student_sentences(protocol: dict) -> tuple:
@@ -136,9 +154,9 @@ def student_sentences(protocol: dict) -> tuple:
             protocol.get("student_target_sentences", protocol["target_train_sentences"]))
 
 
-def student_name(lang: str, variant: str, seed: int) -> str:
-    """Folder and log name of a student run (seed 0 keeps the name the first runs had)."""
-    return f"student-{lang}-{variant}" + (f"-seed{seed}" if seed else "")
+def student_name(lang: str, variant: str, seed: int, tag: str = "") -> str:
+    """Folder and log name of a student run (seed 0 keeps the name the first runs had; tag: teacher_tag)."""
+    return f"student-{lang}-{variant}" + (f"-seed{seed}" if seed else "") + tag
 
 
 # Table 3 rows as config overrides of configs/contproto_cpu.cfg
@@ -476,14 +494,15 @@ def teacher_command(work: Path, protocol: dict, source_lang: str, encoder: Path,
 def teacher(args) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
-    corpus, out = work / "corpus", work / "teacher"
+    name = teacher_name(args.teacher_seed, args.protocol_version)
+    corpus, out, log = work / "corpus", work / name, work / "logs" / f"{name}.log"
     cmd, steps = teacher_command(work, args.protocol, spec["source"][1], args.encoder, out)
-    print("Training the teacher:", " ".join(cmd))
-    usage = run_measured(cmd, work / "logs" / "teacher.log")
+    print(f"Training the teacher (seed {args.teacher_seed}):", " ".join(cmd))
+    usage = run_measured(cmd, log)
     model = out / "model-best"
     source_dev_f1, here = dev_score(model), machine()
     for lang in spec["targets"]:
-        path = run_json(args, lang, "zero_shot", args.protocol["training_seed"])
+        path = run_json(args, lang, "zero_shot", args.teacher_seed)
         test = evaluate(model, test_file(args.work, args.corpus, lang))
         if path.exists():
             # a teacher retrained for later students (its model is kept outside the repository)
@@ -499,36 +518,46 @@ def teacher(args) -> None:
             continue
         result = {"corpus": args.corpus, "target": lang, "variant": "zero_shot", "seed": args.protocol["training_seed"],
                   "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": here, "training_steps": steps,
-                  "source_dev_f1": source_dev_f1, "dev_curve": dev_curve(work / "logs" / "teacher.log"), **usage,
+                  "source_dev_f1": source_dev_f1, "dev_curve": dev_curve(log), **usage,
                   "test": test,
                   "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
         write_json(path, result)
         print(f"zero-shot {lang}: F1 {result['test']['f1']}")
 
 
+def pseudo_labelled(work: Path, lang: str, tag: str) -> Path:
+    """A target's train set labelled by the teacher of teacher_tag `tag` (work: a corpus's folder)."""
+    return work / "corpus" / f"{lang}_train.pl{tag}.spacy"
+
+
 def pseudo_label(args, lang: str) -> Path:
-    work = args.work / args.corpus
-    out = work / "corpus" / f"{lang}_train.pl.spacy"
+    work, tag = args.work / args.corpus, args.teacher_tag
+    out = pseudo_labelled(work, lang, tag)
     if not out.exists():
-        cmd = [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(work / "teacher" / "model-best"),
+        teacher_model = work / teacher_name(args.teacher_seed, args.protocol_version) / "model-best"
+        cmd = [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(teacher_model),
                str(work / "corpus" / f"{lang}_train.spacy"), str(out)]
-        usage = run_measured(cmd, work / "logs" / f"pseudo-label-{lang}.log")
-        write_json(work / "logs" / f"pseudo-label-{lang}.json", usage)
+        usage = run_measured(cmd, work / "logs" / f"pseudo-label-{lang}{tag}.log")
+        write_json(work / "logs" / f"pseudo-label-{lang}{tag}.json", usage)
     return out
 
 
 def student(args, lang: str, variant: str) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
-    seed = args.protocol["training_seed"]
-    name = student_name(lang, variant, seed)
+    seed, tag = args.protocol["training_seed"], args.teacher_tag
+    name = student_name(lang, variant, seed, tag)
+    teacher_model = work / teacher_name(args.teacher_seed, args.protocol_version) / "model-best"
+    if not teacher_model.exists():
+        sys.exit(f"No teacher at {teacher_model}: run `teacher --protocol {PROTOCOLS[args.protocol_version].get('teacher_protocol') or args.protocol_version}"
+                 f" --corpus {args.corpus}{f' --teacher-seed {args.teacher_seed}' if tag else ''}` first")
     corpus, out, logs = work / "corpus", args.students / name, args.students / "logs"
     target = pseudo_label(args, lang)
     src = spec["source"][1]
     n_source, n_target = student_sentences(args.protocol)
     steps = args.protocol["student_epochs"] * -(-n_source // 16)
     quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
-    config = protocol_config("contproto_cpu.cfg", work, args.protocol, work / "teacher" / "model-best")
+    config = protocol_config("contproto_cpu.cfg", work, args.protocol, teacher_model)
     cmd = [*spacy_train_cmd(config, out, corpus, src, args.encoder), "--paths.target", str(target),
            "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
            "--training.max_epochs", str(args.protocol["student_epochs"]), "--training.batcher.size", "32",
@@ -553,10 +582,10 @@ def student(args, lang: str, variant: str) -> None:
     store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
     labels = store / "labels.f16"
     result = {"corpus": args.corpus, "target": lang, "variant": variant, "seed": seed,
-              "teacher_seed": PROTOCOLS[args.protocol_version]["training_seed"],
+              "teacher_seed": args.teacher_seed,
               # a retrained teacher can differ from the recorded one (protocol 2's did: its environment
               # differed): its source dev F1 tells which teacher run a student started from
-              "teacher_source_dev_f1": dev_score(work / "teacher" / "model-best"),
+              "teacher_source_dev_f1": dev_score(teacher_model),
               "overrides": VARIANTS[variant], "protocol": args.protocol, "protocol_version": args.protocol_version, "machine": machine(), "training_steps": steps,
               "source_dev_f1": dev_score(model), "dev_curve": dev_curve(logs / f"{name}.log"),
               **usage, "test": evaluate(model, test_file(args.work, args.corpus, lang)),
@@ -569,7 +598,7 @@ def student(args, lang: str, variant: str) -> None:
               if labels.exists() else None,
               "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd,
               **({"run_note": args.note} if args.note else {})}
-    write_json(run_json(args, lang, variant, seed), result)
+    write_json(run_json(args, lang, variant, seed, tag), result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
 
@@ -582,6 +611,9 @@ def backfill(args) -> None:
 
     for path in sorted(args.runs.glob(f"{args.corpus}-*.json")):
         result = json.loads(path.read_text())
+        # a zero-shot run's seed is its teacher's; a student's teacher seed is recorded beside its own
+        teacher_seed = result["seed"] if result["variant"] == "zero_shot" else result.get("teacher_seed", 0)
+        tag = teacher_tag(teacher_seed, args.protocol_version)
         if "max_recall" not in result["test"]:
             test = test_file(args.work, args.corpus, result["target"])
             gold = DocBin().from_disk(test).get_docs(spacy.blank("xx").vocab)
@@ -589,8 +621,9 @@ def backfill(args) -> None:
             write_json(path, result)
             print(f"{path.name}: unreachable gold entities added")
         if "dev_curve" not in result:
-            log = (args.work / args.corpus / "logs" / "teacher.log" if result["variant"] == "zero_shot" else
-                   args.students / "logs" / f"{student_name(result['target'], result['variant'], result['seed'])}.log")
+            log = (args.work / args.corpus / "logs" / f"{teacher_name(teacher_seed, args.protocol_version)}.log"
+                   if result["variant"] == "zero_shot" else
+                   args.students / "logs" / f"{student_name(result['target'], result['variant'], result['seed'], tag)}.log")
             result["dev_curve"] = dev_curve(log)
             write_json(path, result)
             print(f"{path.name}: dev curve added")
@@ -598,12 +631,12 @@ def backfill(args) -> None:
             continue
         if "teacher_source_dev_f1" not in result:
             # runs recorded before students noted their teacher started from the recorded one
-            zero_shot = json.loads(run_json(args, result["target"], "zero_shot", args.protocol["training_seed"]).read_text())
+            zero_shot = json.loads(run_json(args, result["target"], "zero_shot", teacher_seed).read_text())
             result["teacher_source_dev_f1"] = zero_shot["source_dev_f1"]
             write_json(path, result)
             print(f"{path.name}: teacher_source_dev_f1 added")
-        out = args.students / student_name(result["target"], result["variant"], result["seed"])
-        target = args.work / args.corpus / "corpus" / f"{result['target']}_train.pl.spacy"
+        out = args.students / student_name(result["target"], result["variant"], result["seed"], tag)
+        target = pseudo_labelled(args.work / args.corpus, result["target"], tag)
         if not result.get("pseudo_label_quality"):
             rows = oracle_quality(target, out / "pseudo_labels", result["protocol"]["max_span_length"])
             if rows:
@@ -627,7 +660,7 @@ def grid(args) -> None:
         lang, _, variant = cell.partition(":")
         if variant not in VARIANTS:
             sys.exit(f"Unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-        if run_json(args, lang, variant, args.protocol["training_seed"]).exists():
+        if run_json(args, lang, variant, args.protocol["training_seed"], args.teacher_tag).exists():
             print(f"{cell}: done, skipped")
             continue
         student(args, lang, variant)
@@ -686,16 +719,22 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         students = [r for r in cells if r["variant"] != "zero_shot"]
         teachers = teacher_runs(cells)
         # students that started from different teacher runs are not one sample: one table per teacher
-        used = sorted({r.get("teacher_source_dev_f1") for r in students}, key=str)
-        groups = used if students and None not in used else [None]
+        used = sorted({teacher_key(r) for r in students}, key=str)
+        groups = used if students and all(dev is not None for _, dev in used) else [None]
         if len(groups) > 1:
+            seeds = [seed for seed, _ in groups]
+            why = []
+            if len(set(seeds)) > 1:
+                why.append(f"teacher seeds {', '.join(map(str, sorted(set(seeds))))}")
+            if len(set(seeds)) < len(seeds):
+                why.append("the same code, data and seed, trained on different machines: see the notes"
+                           if len(set(seeds)) == 1 else "runs of one seed trained on different machines: see the notes")
             lines += ["", f"The {corpus} students of this protocol started from {len(groups)} teacher runs "
-                      "(the same code, data and seed, trained on different machines: see the notes), so each has "
-                      "its own table and zero-shot row."]
+                      f"({'; '.join(why)}), so each has its own table and zero-shot row."]
         for group in groups:
-            group_students = [r for r in students if group is None or r.get("teacher_source_dev_f1") == group]
+            group_students = [r for r in students if group is None or teacher_key(r) == group]
             lines += f1_table(corpus, spec, version, langs, group_students,
-                              [t for t in teachers if group is None or t[0] == group], group)
+                              [t for t in teachers if group is None or t[:2] == group], group)
         if len(groups) > 1:
             lines += pooled_differences(students, langs, len(groups))
         lines += ["", "### Runs", "",
@@ -704,8 +743,11 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
         for r in cells:
             t = r["test"]
             per = r.get("store_label_bytes_per_target_sentence")
+            teacher = r.get("teacher_source_dev_f1", "")
+            if teacher and teacher_tag(r.get("teacher_seed", 0), version):
+                teacher = f"{teacher} (seed {r['teacher_seed']})"
             lines.append(f"| {r['target']} | {VARIANT_NAMES[r['variant']]} | {r['seed']} | {t['precision']:.2f} / {t['recall']:.2f} / "
-                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {r.get('teacher_source_dev_f1', '')} | {r['training_steps']} | "
+                         f"{t['f1']:.2f} | {t['seqeval_f1']:.2f} | {t.get('max_recall', '')} | {r['source_dev_f1']} | {teacher} | {r['training_steps']} | "
                          f"{r['wall_s'] / 60:.1f} min | {r['wall_s'] / r['training_steps']:.2f} | "
                          f"{gib(r['peak_rss_mb'])} | {per if per else ''} |")
         curves = [r for r in cells if r.get("dev_curve")]
@@ -714,12 +756,12 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
             lines += ["", "### Source dev F1 at each evaluation step (model-best is the highest)", "",
                       "| target | method | " + " | ".join(f"step {s}" for s in steps) + " |",
                       "|---|---|" + "---|" * len(steps)]
-            seen_teacher = False
+            seen_teachers = set()
             for r in curves:
                 if r["variant"] == "zero_shot":
-                    if seen_teacher:
+                    if r["seed"] in seen_teachers:
                         continue  # one teacher serves every target
-                    seen_teacher = True
+                    seen_teachers.add(r["seed"])
                 by_step = {c["step"]: c["dev_f1"] for c in r["dev_curve"]}
                 who = "(teacher)" if r["variant"] == "zero_shot" else r["target"]
                 lines.append(f"| {who} | {method_label(r)} | "
@@ -760,38 +802,54 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
     return lines
 
 
-def teacher_runs(cells: List[dict]) -> List[Tuple[float, Dict[str, float], int]]:
-    """The distinct teacher runs behind a corpus's zero-shot JSONs (the recorded run, then any
-    retrained with the same seed), in the order first trained: source dev F1, test F1 per target,
-    and how many trainings gave exactly those scores."""
-    zero = [r for r in cells if r["variant"] == "zero_shot"]
+def teacher_key(student: dict) -> Tuple[int, Optional[float]]:
+    """Which teacher run a student started from: the teacher's seed and its source dev F1 (a teacher
+    retrained with the same seed can differ, so the seed alone does not tell)."""
+    return student.get("teacher_seed", 0), student.get("teacher_source_dev_f1")
+
+
+def teacher_runs(cells: List[dict]) -> List[Tuple[int, float, Dict[str, float], int]]:
+    """The distinct teacher runs behind a corpus's zero-shot JSONs (per teacher seed, the recorded run,
+    then any retrained with that seed), by seed and in the order first trained: seed, source dev F1,
+    test F1 per target, and how many trainings gave exactly those scores."""
     found: Dict[tuple, int] = {}
-    for i in range(max((1 + len(r.get("retrained", [])) for r in zero), default=0)):
-        dev, scores = None, {}
-        for r in zero:
-            runs = [{"source_dev_f1": r["source_dev_f1"], "test_f1": r["test"]["f1"]}, *r.get("retrained", [])]
-            if i < len(runs):
-                dev, scores[r["target"]] = runs[i]["source_dev_f1"], runs[i]["test_f1"]
-        key = (dev, tuple(scores.items()))
-        found[key] = found.get(key, 0) + 1
-    return [(dev, dict(scores), n) for (dev, scores), n in found.items()]
+    zero_shot = [r for r in cells if r["variant"] == "zero_shot"]
+    for seed in sorted({r["seed"] for r in zero_shot}):
+        zero = [r for r in zero_shot if r["seed"] == seed]
+        for i in range(max(1 + len(r.get("retrained", [])) for r in zero)):
+            dev, scores = None, {}
+            for r in zero:
+                runs = [{"source_dev_f1": r["source_dev_f1"], "test_f1": r["test"]["f1"]}, *r.get("retrained", [])]
+                if i < len(runs):
+                    dev, scores[r["target"]] = runs[i]["source_dev_f1"], runs[i]["test_f1"]
+            key = (seed, dev, tuple(scores.items()))
+            found[key] = found.get(key, 0) + 1
+    return [(seed, dev, dict(scores), n) for (seed, dev, scores), n in found.items()]
 
 
 def f1_table(corpus: str, spec: dict, version: int, langs: List[str], students: List[dict],
-             teachers: List[Tuple[float, Dict[str, float], int]], teacher: Optional[float]) -> List[str]:
-    """One F1 table: zero-shot rows for the given teacher runs, then the students' cells beside the paper."""
+             teachers: List[Tuple[int, float, Dict[str, float], int]],
+             teacher: Optional[Tuple[int, float]]) -> List[str]:
+    """One F1 table: zero-shot rows for the given teacher runs, then the students' cells beside the paper
+    (teacher: the teacher_key of the students, when the protocol's students have more than one)."""
     seeds = sorted({r["seed"] for r in students}) or [0]
-    who = f", students from the teacher with source dev F1 {teacher}" if teacher is not None else ""
+    who = ""
+    if teacher is not None:
+        seed, dev = teacher
+        who = (f", students from the teacher {f'of seed {seed} ' if teacher_tag(seed, version) else ''}"
+               f"with source dev F1 {dev}")
     lines = ["", f"## {corpus}: F1 (protocol {version}{who}, seed{'s' if len(seeds) > 1 else ''} "
              f"{', '.join(map(str, seeds))}) | paper", ""]
     if len(seeds) > 1:
         lines += ["A cell with more than one seed gives the mean, then each seed's F1 in seed order "
-                  "(students only; every teacher run uses seed 0, and the Runs table's teacher column tells which "
-                  "teacher run a student started from).", ""]
+                  "(the students' seeds" + ("; all of them started from the teacher run of this table's zero-shot row)."
+                                            if teacher is not None else ")."), ""]
     lines += ["| method | " + " | ".join(langs) + " | paper " + " | paper ".join(langs) + " |",
               "|---|" + "---|" * (2 * len(langs))]
-    for dev, scores, trainings in teachers:
+    for seed, dev, scores, trainings in teachers:
         label = VARIANT_NAMES["zero_shot"]
+        if teacher_tag(seed, version):
+            label += f", seed {seed}"
         if len(teachers) > 1 or teacher is not None:
             label += f", source dev F1 {dev}"
         if trainings > 1:
@@ -844,12 +902,12 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
 def difference_rows(students: List[dict], langs: List[str]) -> List[Tuple[str, List[List[Tuple[int, float]]]]]:
     """For ContProto - vanilla and each ablation - ContProto: per target, the (seed, F1 difference) of every
     pair of students that share a teacher run and a seed."""
-    f1 = {(r["variant"], r["target"], r["seed"], r.get("teacher_source_dev_f1")): r["test"]["f1"] for r in students}
+    f1 = {(r["variant"], r["target"], r["seed"], teacher_key(r)): r["test"]["f1"] for r in students}
     others = [v for v in [*VARIANTS, *RETIRED_VARIANTS] if v not in ("contproto", "vanilla")]
     rows = []
     for variant, base in [("contproto", "vanilla"), *((v, "contproto") for v in others)]:
         cells = [[(seed, f1[(variant, target, seed, teacher)] - f1[(base, target, seed, teacher)])
-                  for (v, t, seed, teacher) in sorted(f1, key=lambda k: (k[2], k[3] or 0.0))
+                  for (v, t, seed, teacher) in sorted(f1, key=lambda k: (k[2], k[3][0], k[3][1] or 0.0))
                   if v == variant and t == target and (base, t, seed, teacher) in f1]
                  for target in langs]
         if any(cells):
@@ -877,7 +935,11 @@ def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
 
 
 def method_label(run: dict) -> str:
-    return VARIANT_NAMES[run["variant"]] + (f", seed {run['seed']}" if run["seed"] else "")
+    label = VARIANT_NAMES[run["variant"]] + (f", seed {run['seed']}" if run["seed"] else "")
+    teacher_seed = run.get("teacher_seed", 0)
+    if run["variant"] != "zero_shot" and teacher_tag(teacher_seed, run.get("protocol_version", 1)):
+        label += f", teacher seed {teacher_seed}"
+    return label
 
 
 def gib(mb: Optional[float]) -> str:
@@ -915,12 +977,13 @@ def speed_section(runs: List[dict]) -> List[str]:
                   ""]
     grid_lines = []
     for version, corpus in [(v, c) for v in sorted(PROTOCOLS) for c in CORPORA]:
-        by = {(r["target"], r["variant"], r["seed"]): r for r in runs
-              if r["corpus"] == corpus and r.get("protocol_version", 1) == version}
-        pairs = [(t, seed, by[(t, "contproto", seed)], by[(t, "vanilla", seed)])
-                 for t, v, seed in by if v == "vanilla" and (t, "contproto", seed) in by]
-        for target, seed, cp, va in pairs:
-            grid_lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}: "
+        by = {(r["target"], r["variant"], r["seed"], teacher_key(r)): r for r in runs
+              if r["corpus"] == corpus and r.get("protocol_version", 1) == version and r["variant"] != "zero_shot"}
+        pairs = [(t, seed, teacher, by[(t, "contproto", seed, teacher)], by[(t, "vanilla", seed, teacher)])
+                 for t, v, seed, teacher in by if v == "vanilla" and (t, "contproto", seed, teacher) in by]
+        for target, seed, (teacher_seed, _), cp, va in pairs:
+            other_teacher = f" (teacher seed {teacher_seed})" if teacher_tag(teacher_seed, version) else ""
+            grid_lines.append(f"- protocol {version}, {corpus} {target}{f' seed {seed}' if seed else ''}{other_teacher}: "
                              f"ContProto {cp['wall_s'] / cp['training_steps']:.2f} s/step vs vanilla "
                              f"{va['wall_s'] / va['training_steps']:.2f} s/step = "
                              f"{cp['wall_s'] / va['wall_s']:.2f}x; peak RSS {gib(cp['peak_rss_mb'])} vs {gib(va['peak_rss_mb'])}"
@@ -983,8 +1046,11 @@ def main() -> None:
     parser.add_argument("--note", help="recorded in the run JSONs, e.g. what ran beside them")
     parser.add_argument("--protocol", type=int, choices=sorted(PROTOCOLS), default=max(PROTOCOLS),
                         help="protocol version (default: the latest); `report` covers all of them")
-    parser.add_argument("--seed", type=int, help="grid: the students' training seed (default: the protocol's); "
-                        "every student starts from the one teacher, trained with the protocol's seed")
+    parser.add_argument("--seed", type=int, help="grid: the students' training seed (default: the protocol's)")
+    parser.add_argument("--teacher-seed", type=int,
+                        help="teacher: train a teacher with this seed (default: the protocol's); grid: start the "
+                        "students from it. A teacher of another seed than the protocol's has its own folder, pseudo "
+                        "labels and run names (-teacherN), so it never replaces the protocol's teacher")
     args = parser.parse_intermixed_args()
     args.work, args.encoder = args.work.resolve(), args.encoder.resolve()
     args.protocol_version, args.protocol, args.runs = args.protocol, PROTOCOLS[args.protocol], runs_dir(args.protocol)
@@ -995,8 +1061,15 @@ def main() -> None:
                  f"run `{args.step} --protocol {shared}`")
     if args.seed is not None:
         if args.step != "grid":
-            sys.exit("--seed is for grid: the teacher is trained with the protocol's seed")
+            sys.exit("--seed is for grid (the students' seed); a teacher's seed is --teacher-seed")
         args.protocol = {**args.protocol, "training_seed": args.seed}
+    if args.teacher_seed is not None and args.step not in ("teacher", "grid"):
+        sys.exit("--teacher-seed is for teacher and grid")
+    if args.teacher_seed is None:
+        args.teacher_seed = default_teacher_seed(args.protocol_version)
+    args.teacher_tag = teacher_tag(args.teacher_seed, args.protocol_version)
+    if args.step == "teacher":
+        args.protocol = {**args.protocol, "training_seed": args.teacher_seed}
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
         sys.exit(f"No encoder at {args.encoder}: python -m spacy_contproto convert-encoder {args.encoder}")
     if args.step != "report":
