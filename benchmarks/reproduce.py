@@ -277,9 +277,11 @@ def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
     return len(docs)
 
 
-def protocol_config(name: str, work: Path, protocol: dict, source_transformer: Optional[Path] = None) -> Path:
+def protocol_config(name: str, work: Path, protocol: dict, source_transformer: Optional[Path] = None,
+                    tag: str = "") -> Path:
     """The repository config with the protocol's [initialize] after_init callback and,
-    for students, the transformer sourced from the teacher."""
+    for students, the transformer sourced from the teacher (tag: its teacher_tag, so that students
+    of two teachers training at once each read their own)."""
     import spacy
 
     config = spacy.util.load_config(REPO / "configs" / name, interpolate=False)
@@ -287,7 +289,7 @@ def protocol_config(name: str, work: Path, protocol: dict, source_transformer: O
         config["initialize"]["after_init"] = {"@callbacks": "spacy_contproto.freeze_word_embeddings.v1"}
     if source_transformer is not None:
         config["components"]["transformer"] = {"source": str(source_transformer)}
-    path = work / "configs" / name
+    path = work / "configs" / f"{Path(name).stem}{tag}.cfg"
     path.parent.mkdir(parents=True, exist_ok=True)
     config.to_disk(path)
     return path
@@ -557,7 +559,7 @@ def student(args, lang: str, variant: str) -> None:
     n_source, n_target = student_sentences(args.protocol)
     steps = args.protocol["student_epochs"] * -(-n_source // 16)
     quality, store = out / "pseudo_label_quality.jsonl", out / "pseudo_labels"
-    config = protocol_config("contproto_cpu.cfg", work, args.protocol, teacher_model)
+    config = protocol_config("contproto_cpu.cfg", work, args.protocol, teacher_model, tag)
     cmd = [*spacy_train_cmd(config, out, corpus, src, args.encoder), "--paths.target", str(target),
            "--paths.quality_log", str(quality), "--paths.pseudo_label_store", str(store),
            "--training.max_epochs", str(args.protocol["student_epochs"]), "--training.batcher.size", "32",
