@@ -739,6 +739,13 @@ def protocol_section(version: int, runs: List[dict]) -> List[str]:
                               [t for t in teachers if group is None or t[:2] == group], group)
         if len(groups) > 1:
             lines += pooled_differences(students, langs, len(groups))
+        waiting = [t for t in teachers if None not in groups and t[:2] not in groups]
+        if waiting:
+            lines += ["", f"## {corpus}: zero-shot of the teacher runs no student of this protocol started from yet", "",
+                      "| teacher | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+            for seed, dev, scores, _ in waiting:
+                lines.append(f"| seed {seed}, source dev F1 {dev} | "
+                             + " | ".join(f"{scores[t]:.2f}" if t in scores else "" for t in langs) + " |")
         lines += ["", "### Runs", "",
                   "| target | method | seed | test P / R / F1 | seqeval F1 | max recall | source dev F1 | teacher's source dev F1 | steps | wall time | s/step | peak RSS | store bytes / target sentence |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
