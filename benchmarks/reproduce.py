@@ -148,6 +148,11 @@ def teacher_name(teacher_seed: int, version: int) -> str:
     return "teacher" + (f"-seed{teacher_seed}" if teacher_tag(teacher_seed, version) else "")
 
 
+def teacher_folder(args) -> Path:
+    """Where the teacher of args.teacher_seed lives (its model-best labels the targets and seeds the students)."""
+    return args.work / args.corpus / teacher_name(args.teacher_seed, args.protocol_version)
+
+
 def student_sentences(protocol: dict) -> tuple:
     """Source and target sentences a student trains on (its epochs pass over these)."""
     return (protocol.get("student_source_sentences", protocol["source_train_sentences"]),
@@ -496,8 +501,8 @@ def teacher_command(work: Path, protocol: dict, source_lang: str, encoder: Path,
 def teacher(args) -> None:
     spec = CORPORA[args.corpus]
     work = args.work / args.corpus
-    name = teacher_name(args.teacher_seed, args.protocol_version)
-    corpus, out, log = work / "corpus", work / name, work / "logs" / f"{name}.log"
+    corpus, out = work / "corpus", teacher_folder(args)
+    log = work / "logs" / f"{out.name}.log"
     cmd, steps = teacher_command(work, args.protocol, spec["source"][1], args.encoder, out)
     print(f"Training the teacher (seed {args.teacher_seed}):", " ".join(cmd))
     usage = run_measured(cmd, log)
@@ -536,8 +541,7 @@ def pseudo_label(args, lang: str) -> Path:
     work, tag = args.work / args.corpus, args.teacher_tag
     out = pseudo_labelled(work, lang, tag)
     if not out.exists():
-        teacher_model = work / teacher_name(args.teacher_seed, args.protocol_version) / "model-best"
-        cmd = [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(teacher_model),
+        cmd = [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(teacher_folder(args) / "model-best"),
                str(work / "corpus" / f"{lang}_train.spacy"), str(out)]
         usage = run_measured(cmd, work / "logs" / f"pseudo-label-{lang}{tag}.log")
         write_json(work / "logs" / f"pseudo-label-{lang}{tag}.json", usage)
@@ -549,7 +553,7 @@ def student(args, lang: str, variant: str) -> None:
     work = args.work / args.corpus
     seed, tag = args.protocol["training_seed"], args.teacher_tag
     name = student_name(lang, variant, seed, tag)
-    teacher_model = work / teacher_name(args.teacher_seed, args.protocol_version) / "model-best"
+    teacher_model = teacher_folder(args) / "model-best"
     if not teacher_model.exists():
         sys.exit(f"No teacher at {teacher_model}: run `teacher --protocol {PROTOCOLS[args.protocol_version].get('teacher_protocol') or args.protocol_version}"
                  f" --corpus {args.corpus}{f' --teacher-seed {args.teacher_seed}' if tag else ''}` first")
