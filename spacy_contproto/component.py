@@ -208,6 +208,7 @@ class SpanContProto(TrainablePipe):
                 "doc.ents or pass labels to initialize ([initialize.components."
                 f"{self.name}.labels])."
             )
+        self._check_labels(examples)
         self._warn_unreachable([eg for eg in examples if not is_target(eg)])
         head = self.model.get_ref("span_head")
         head.set_dim("nO", len(self.labels) + 1)

@@ -20,7 +20,9 @@ Store on disk (a folder)::
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -77,9 +79,11 @@ def decode_payload(payload: dict) -> Tuple[str, numpy.ndarray, List[str], int]:
 class PseudoLabelStore:
     """fp16 soft labels, one row per enumerated span, keyed by document id.
 
-    Held in RAM up to ``max_ram_bytes``; larger stores live in a memory-mapped file.
-    With a folder, ``flush()`` makes the current labels durable and ``open()``
-    resumes from them."""
+    Held in RAM up to ``max_ram_bytes``; larger stores live in a memory-mapped file
+    (in a temporary folder, removed with the store, when no folder is given). With a
+    folder, ``flush()`` makes the current labels durable and ``open()`` reads them
+    back, e.g. to inspect the refined labels after training. ``create()`` replaces
+    a store already in the folder."""
 
     def __init__(
         self,
@@ -119,7 +123,8 @@ class PseudoLabelStore:
         n_rows = int(sum(lengths))
         nbytes = n_rows * n_classes * FLOAT16.itemsize
         memory_mapped = nbytes > max_ram_bytes
-        if directory is None and memory_mapped:
+        temporary = directory is None and memory_mapped
+        if temporary:
             directory = tempfile.mkdtemp(prefix="contproto-pseudo-labels-")
         directory = Path(directory) if directory is not None else None
         if directory is not None:
@@ -138,6 +143,9 @@ class PseudoLabelStore:
             labels[offset : offset + n] = rows
             offset += n
         store = cls(classes, ids, lengths, labels, directory)
+        if temporary:
+            # nothing outside this store knows the folder: it goes when the store does
+            weakref.finalize(store, shutil.rmtree, str(directory), ignore_errors=True)
         if directory is not None:
             store.flush()
         return store

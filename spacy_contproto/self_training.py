@@ -99,8 +99,11 @@ class SelfTrainingState:
         )
 
     def margins(self) -> torch.Tensor:
-        if self.settings.margin == "fixed":
-            return fixed_margins(len(self.class_names), self.settings.fixed_margin)
+        s = self.settings
+        if s.margin == "fixed":
+            return fixed_margins(len(self.class_names), s.fixed_margin)
+        if s.first_margin == "zero" and self.epoch <= s.warmup_epochs:
+            return torch.zeros_like(self.memory.margins)
         return self.memory.margins
 
     # one training step ----------------------------------------------------------

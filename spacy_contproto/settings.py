@@ -1,5 +1,6 @@
 """The ContProto training settings of span_contproto: one registered, typed
 config block with the paper's values as defaults."""
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -17,6 +18,7 @@ CHOICES = {
     "margin": ("class", "fixed"),
     "margin_criterion": MARGIN_CRITERIA,
     "margin_labels": ("prediction", "pseudo_label"),
+    "first_margin": ("previous_epoch", "zero"),
 }
 
 
@@ -45,6 +47,7 @@ class ContProtoSettings:
     fixed_margin: float = 1.0
     margin_criterion: str = "nearest"
     margin_labels: str = "prediction"
+    first_margin: str = "previous_epoch"
     warmup_epochs: int = 1
     max_epochs: int = 10
     store_dir: Optional[str] = None
@@ -65,6 +68,18 @@ class ContProtoSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.prototypes and self.margin == "fixed" and self.fixed_margin >= 1.0:
+            warnings.warn(
+                f"contproto fixed_margin = {self.fixed_margin}: a cosine similarity never exceeds 1, so "
+                'no span can pass the margin and refinement only moves pseudo labels towards "O". '
+                "Use a margin below 1 (the paper's r = 1.0 reads as this degenerate case)."
+            )
+        if self.prototypes and self.prototype_space == "projection" and not self.contrastive_loss:
+            warnings.warn(
+                "contproto prototypes live in the projection space, which only the contrastive loss "
+                "trains; with contrastive_loss = false it stays at its random initialisation. Use "
+                'prototype_space = "representation" (the paper\'s ablation proto w/o cl).'
+            )
 
     @property
     def n_views(self) -> int:
@@ -100,6 +115,7 @@ def contproto_settings(
     fixed_margin: float = 1.0,
     margin_criterion: str = "nearest",
     margin_labels: str = "prediction",
+    first_margin: str = "previous_epoch",
     warmup_epochs: int = 1,
     max_epochs: int = 10,
     store_dir: Optional[str] = None,
@@ -123,7 +139,9 @@ def contproto_settings(
         from beta to beta_end (published code) over max_epochs.
     margin "class" (eq. 11, from the previous epoch; margin_labels: spans predicted as c,
         as in eq. 11, or pseudo-labelled c as published) or "fixed" (fixed_margin);
-        margin_criterion "nearest" (paper) or "any" (published code).
+        margin_criterion "nearest" (paper) or "any" (published code); first_margin: the
+        margins of the first refinement epoch, from the warm-up epoch's statistics
+        ("previous_epoch", eq. 11 read literally) or 0 (published code).
     warmup_epochs: epochs without refinement. store_dir: folder for the refined labels
         (null: memory, or a temporary folder past store_max_ram_mb). quality_log: JSONL
         file for the oracle P/R/F1 of the pseudo labels per epoch (needs target gold)."""

@@ -157,15 +157,44 @@ def create_self_training_corpus(
     )
 
 
+def learn_rate_ends_early(training: Dict[str, Any], steps_per_epoch: int) -> Optional[str]:
+    """A warning when the learning-rate schedule reaches its last step (warmup_linear
+    decays to 0 there) well before training ends, else None. training: the [training]
+    block; steps_per_epoch: measured over the first epoch."""
+    schedule = training.get("optimizer", {}).get("learn_rate")
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("total_steps"), int):
+        return None
+    total, max_epochs, max_steps = schedule["total_steps"], training.get("max_epochs", 0), training.get("max_steps", 0)
+    planned = [n for n in ((steps_per_epoch * max_epochs) if max_epochs > 0 else 0, max_steps) if n > 0]
+    if not planned or min(planned) <= total * 1.05:  # a last partial batch or two is no news
+        return None
+    end = min(planned)
+    return (
+        f"the learning-rate schedule ends at step {total} (training.optimizer.learn_rate.total_steps) but "
+        f"training runs about {end} steps ({steps_per_epoch} steps per epoch, max_epochs = {max_epochs}, "
+        f"max_steps = {max_steps}): its last {end - total} steps train with the schedule's final rate "
+        f"(0 for warmup_linear). Set total_steps to about {end}."
+    )
+
+
 @registry.callbacks("spacy_contproto.training_schedule.v1")
 def create_training_schedule() -> Callable[[Language, Dict[str, Any]], None]:
     """[training.before_update] callback: tells span_contproto components the epoch
-    and step (warm-up, margins from the previous epoch, beta schedule, quality log)."""
+    and step (warm-up, margins from the previous epoch, beta schedule, quality log), and
+    warns once the first epoch's length shows the learning-rate schedule ending early."""
+    checked = False
 
     def before_update(nlp: Language, args: Dict[str, Any]) -> None:
+        nonlocal checked
+        epoch, step = int(args["epoch"]), int(args["step"])
         for _, proc in nlp.pipeline:
             if isinstance(proc, SpanContProto):
-                proc.set_training_state(epoch=int(args["epoch"]), step=int(args["step"]))
+                proc.set_training_state(epoch=epoch, step=step)
+        if epoch >= 1 and not checked:
+            checked = True
+            message = learn_rate_ends_early(nlp.config.interpolate()["training"], step // epoch)
+            if message:
+                warnings.warn(message)
 
     return before_update
 

@@ -199,6 +199,17 @@ def test_initialize_without_labels_is_a_clear_error(tiny_encoder):
         build_initialized(tiny_encoder, docs)
 
 
+def test_initialize_labels_narrower_than_the_data_is_a_clear_error(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 10, seed=2)
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config["components"]["span_contproto"]["prior_bias"] = True  # its class prior reads every gold entity
+    config["initialize"]["components"]["span_contproto"] = {"labels": ["PER"]}
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    examples = [Example(nlp.make_doc(d.text), d) for d in docs]
+    with pytest.raises(ValueError, match=r"labels the component does not know: \['LOC', 'MISC', 'ORG'\]"):
+        nlp.initialize(lambda: examples)
+
+
 def test_sourcing_into_another_pipeline_with_replaced_listener(trained_teacher, tmp_path):
     trained = spacy.load(trained_teacher)
     text = "Anna Berg works for Globex in Oslo ."

@@ -79,3 +79,31 @@ def test_freeze_word_embeddings_callback(tiny_encoder, synthetic_corpus):
     blank.add_pipe("sentencizer")
     with pytest.raises(ValueError, match="no HuggingFace transformer"):
         registry.callbacks.get("spacy_contproto.freeze_word_embeddings.v1")()(blank)
+
+
+def test_learn_rate_schedule_ending_early_is_found():
+    from spacy_contproto.training import learn_rate_ends_early
+
+    training = {"max_epochs": 10, "max_steps": 0,
+                "optimizer": {"learn_rate": {"@schedules": "warmup_linear.v1", "total_steps": 5000}}}
+    # full CoNLL English with the CPU config: 880 steps per epoch, lr 0 from step 5000 of 8800
+    assert "training runs about 8800 steps" in learn_rate_ends_early(training, 880)
+    assert "last 3800 steps" in learn_rate_ends_early(training, 880)
+    assert learn_rate_ends_early(training, 500) is None  # ends with the schedule
+    assert learn_rate_ends_early({**training, "max_steps": 5000}, 880) is None  # max_steps stops it in time
+    assert "about 6000 steps" in learn_rate_ends_early({**training, "max_steps": 6000}, 880)
+    assert learn_rate_ends_early({**training, "max_epochs": 0}, 880) is None  # until patience: unknown
+    assert learn_rate_ends_early({**training, "optimizer": {"learn_rate": 0.001}}, 880) is None  # constant rate
+
+
+@pytest.mark.parametrize("name", ["teacher_cpu.cfg", "contproto_cpu.cfg"])
+def test_schedule_callback_warns_once_after_the_first_epoch(name, tiny_encoder, recwarn):
+    config = spacy.util.load_config(CONFIGS / name, overrides={
+        "paths.encoder": str(tiny_encoder), "training.max_epochs": 4,
+        "training.optimizer.learn_rate.total_steps": 100})
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    callback = registry.resolve(nlp.config.interpolate()["training"])["before_update"]
+    for epoch, step in [(0, 0), (0, 39), (1, 40), (2, 80)]:
+        callback(nlp, {"epoch": epoch, "step": step})
+    messages = [str(w.message) for w in recwarn if "learning-rate schedule ends at step 100" in str(w.message)]
+    assert len(messages) == 1 and "about 160 steps (40 steps per epoch" in messages[0]

@@ -1,3 +1,5 @@
+import gc
+
 import numpy
 import pytest
 
@@ -69,6 +71,17 @@ def test_store_without_folder_stays_in_ram_and_memory_maps_when_large():
     assert not store.memory_mapped and store.directory is None
     big = PseudoLabelStore.create(random_entries(), CLASSES, max_ram_bytes=10)
     assert big.memory_mapped and (big.directory / "labels.f16").exists()
+    temporary = big.directory
+    del big
+    gc.collect()
+    assert not temporary.exists()  # a temporary folder goes with its store
+
+
+def test_store_in_a_given_folder_outlives_the_store(tmp_path):
+    store = PseudoLabelStore.create(random_entries(), CLASSES, tmp_path / "kept", max_ram_bytes=10)
+    del store
+    gc.collect()
+    assert PseudoLabelStore.open(tmp_path / "kept").ids() == list(random_entries())
 
 
 def test_store_errors(tmp_path):

@@ -1,0 +1,59 @@
+import warnings
+
+import pytest
+import torch
+
+from spacy_contproto.self_training import SelfTrainingState
+from spacy_contproto.settings import ContProtoSettings
+
+CLASSES = ["O", "PER", "LOC"]
+
+
+def test_settings_reject_unknown_choices_and_ranges():
+    with pytest.raises(ValueError, match="first_margin must be one of"):
+        ContProtoSettings(first_margin="last")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ContProtoSettings(temperature=0.0)
+
+
+def test_fixed_margin_no_cosine_can_pass_warns():
+    with pytest.warns(UserWarning, match="never exceeds 1"):
+        ContProtoSettings(margin="fixed", fixed_margin=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContProtoSettings(margin="fixed", fixed_margin=0.8)
+        ContProtoSettings(margin="class", fixed_margin=1.0)  # fixed_margin unused
+        ContProtoSettings(margin="fixed", prototypes=False)
+
+
+def test_prototypes_on_an_untrained_projection_warn():
+    with pytest.warns(UserWarning, match="only the contrastive loss trains"):
+        ContProtoSettings(contrastive_loss=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContProtoSettings(contrastive_loss=False, prototype_space="representation")  # proto w/o cl
+        ContProtoSettings(contrastive_loss=False, prototypes=False)  # vanilla self-training
+
+
+def margins_by_epoch(first_margin: str, warmup_epochs: int = 1, epochs: int = 4):
+    """The margins each epoch refines with, when every epoch sees the same spans."""
+    state = SelfTrainingState(
+        ContProtoSettings(first_margin=first_margin, warmup_epochs=warmup_epochs), CLASSES, prototype_width=2
+    )
+    similarities = torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([0, 1, 2])
+    used = []
+    for epoch in range(epochs):
+        state.set_training_state(epoch=epoch, step=epoch)
+        used.append(state.margins().tolist() if state.refining else None)
+        state.memory.add_margin_statistics(similarities, labels)
+    return used
+
+
+def test_first_refinement_margins_from_warmup_or_zero():
+    from_warmup = [0.9, 0.6, 0.5]
+    assert margins_by_epoch("previous_epoch") == [None, pytest.approx(from_warmup), pytest.approx(from_warmup),
+                                                  pytest.approx(from_warmup)]
+    # the published code refines its first epoch with margin 0, later ones from the previous epoch
+    assert margins_by_epoch("zero") == [None, [0.0, 0.0, 0.0], pytest.approx(from_warmup), pytest.approx(from_warmup)]
+    assert margins_by_epoch("zero", warmup_epochs=2) == [None, None, [0.0, 0.0, 0.0], pytest.approx(from_warmup)]
