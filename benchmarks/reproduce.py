@@ -711,12 +711,20 @@ def report(args) -> None:
     print(f"Wrote {RESULTS / 'RESULTS.md'} from {len(everything)} runs")
 
 
+# what a recorded protocol value turned out to mean, shown beside it in the report
+PROTOCOL_FIELD_NOTES = {
+    "dropout": "spaCy's [training] dropout, which neither span_contproto nor the transformer reads: the span head "
+               "trained with model.dropout = 0.2, e5-small with its own HuggingFace config's 0.1",
+}
+
+
 def protocol_section(version: int, runs: List[dict]) -> List[str]:
     protocol = PROTOCOLS[version]
     lines = ["", f"# Protocol {version}", ""]
     if version in PROTOCOL_CHANGES:
         lines += [PROTOCOL_CHANGES[version], ""]
-    lines += [f"- {k}: {v}" for k, v in protocol.items()]
+    lines += [f"- {k}: {v}" + (f" ({PROTOCOL_FIELD_NOTES[k]})" if k in PROTOCOL_FIELD_NOTES else "")
+              for k, v in protocol.items()]
     for corpus, spec in CORPORA.items():
         cells = [r for r in runs if r["corpus"] == corpus]
         if not cells:
