@@ -200,15 +200,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     work, students = reproduce.work_folders(args.work, args.corpus, args.protocol)
-    teacher_seed = reproduce.default_teacher_seed(args.protocol) if args.teacher_seed is None else args.teacher_seed
-    tag = reproduce.teacher_tag(teacher_seed, args.protocol)
+    teacher_seed, tag = reproduce.resolve_teacher(args.teacher_seed, args.protocol)
     results = []
     for cell in args.cells:
         lang, _, variant = cell.partition(":")
         model = students / reproduce.student_name(lang, variant, args.training_seed, tag) / "model-last"
         if not model.exists():
             sys.exit(f"{model} does not exist: train it with benchmarks/reproduce.py grid --protocol {args.protocol} "
-                     f"--seed {args.training_seed}{f' --teacher-seed {teacher_seed}' if tag else ''} {cell}")
+                     f"--seed {args.training_seed}{reproduce.teacher_seed_flag(teacher_seed, args.protocol)} {cell}")
         result = {"protocol_version": args.protocol, "training_seed": args.training_seed, "teacher_seed": teacher_seed,
                   "target": lang, "variant": variant,
                   **diagnose(model, reproduce.test_file(work, args.corpus, lang), args.sentences, args.seed)}

@@ -31,8 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     args.runs = reproduce.runs_dir(args.protocol)
     own_teacher = reproduce.default_teacher_seed(args.protocol)
-    teacher_seed = own_teacher if args.teacher_seed is None else args.teacher_seed
-    tag = reproduce.teacher_tag(teacher_seed, args.protocol)
+    teacher_seed, tag = reproduce.resolve_teacher(args.teacher_seed, args.protocol)
     work, students = reproduce.work_folders(args.work.resolve(), args.corpus, args.protocol)
     out = reproduce.RESULTS / f"model_last_{args.corpus}_protocol{args.protocol}"
     done = json.loads(out.with_suffix(".json").read_text())["runs"] if out.with_suffix(".json").exists() else []
@@ -47,7 +46,7 @@ def main() -> None:
             model = students / reproduce.student_name(lang, variant, seed, tag) / "model-last"
             if not recorded.exists() or not model.exists():
                 sys.exit(f"{recorded} or {model} missing: benchmarks/reproduce.py grid --protocol {args.protocol} "
-                         f"--seed {seed}{f' --teacher-seed {teacher_seed}' if tag else ''} {cell}")
+                         f"--seed {seed}{reproduce.teacher_seed_flag(teacher_seed, args.protocol)} {cell}")
             run = json.loads(recorded.read_text())
             best_step = max(run["dev_curve"], key=lambda row: row["dev_f1"])["step"]
             last = reproduce.evaluate(model, reproduce.test_file(work, args.corpus, lang))

@@ -143,6 +143,17 @@ def teacher_tag(teacher_seed: int, version: int) -> str:
     return "" if teacher_seed == default_teacher_seed(version) else f"-teacher{teacher_seed}"
 
 
+def resolve_teacher(given: Optional[int], version: int) -> Tuple[int, str]:
+    """The teacher seed a command means (--teacher-seed, or the protocol's when not given) and its teacher_tag."""
+    seed = default_teacher_seed(version) if given is None else given
+    return seed, teacher_tag(seed, version)
+
+
+def teacher_seed_flag(teacher_seed: int, version: int) -> str:
+    """The `--teacher-seed T` a command line needs to reach this teacher's runs (empty for the protocol's own)."""
+    return f" --teacher-seed {teacher_seed}" if teacher_tag(teacher_seed, version) else ""
+
+
 def teacher_name(teacher_seed: int, version: int) -> str:
     """Folder and log name of a teacher: `teacher` for the protocol's seed, else `teacher-seedN`."""
     return "teacher" + (f"-seed{teacher_seed}" if teacher_tag(teacher_seed, version) else "")
@@ -556,7 +567,7 @@ def student(args, lang: str, variant: str) -> None:
     teacher_model = teacher_folder(args) / "model-best"
     if not teacher_model.exists():
         sys.exit(f"No teacher at {teacher_model}: run `teacher --protocol {PROTOCOLS[args.protocol_version].get('teacher_protocol') or args.protocol_version}"
-                 f" --corpus {args.corpus}{f' --teacher-seed {args.teacher_seed}' if tag else ''}` first")
+                 f" --corpus {args.corpus}{teacher_seed_flag(args.teacher_seed, args.protocol_version)}` first")
     corpus, out, logs = work / "corpus", args.students / name, args.students / "logs"
     target = pseudo_label(args, lang)
     src = spec["source"][1]
@@ -1086,9 +1097,7 @@ def main() -> None:
         args.protocol = {**args.protocol, "training_seed": args.seed}
     if args.teacher_seed is not None and args.step not in ("teacher", "grid"):
         sys.exit("--teacher-seed is for teacher and grid")
-    if args.teacher_seed is None:
-        args.teacher_seed = default_teacher_seed(args.protocol_version)
-    args.teacher_tag = teacher_tag(args.teacher_seed, args.protocol_version)
+    args.teacher_seed, args.teacher_tag = resolve_teacher(args.teacher_seed, args.protocol_version)
     if args.step == "teacher":
         args.protocol = {**args.protocol, "training_seed": args.teacher_seed}
     if args.step in ("teacher", "grid") and not (args.encoder / "config.json").exists():
