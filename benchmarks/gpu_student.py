@@ -7,6 +7,13 @@ benchmarks/results/gpu/ (with the pack's site.tar.xz unpacked into /tmp/site on 
 
     python3 benchmarks/gpu_student.py --pack .gpu --out $OUT --gpu 0 --epochs 3 --deadline 550 --eval-frequency 439
 
+and, on an H200 for the ContProto / vanilla pair (the encoder built once, then both runs side by side
+on the one GPU, each in its own process; see benchmarks/results/gpu/):
+
+    python3 benchmarks/gpu_student.py --pack .gpu --out /root/cp --work /root/cp --encoder-only
+    python3 benchmarks/gpu_student.py --pack .gpu --encoder /root/cp/e5 --variant contproto \
+        --out /root/cp/contproto --work /root/cp/contproto-work --deadline 700   # and --variant vanilla
+
 The training is stopped at --deadline minus --eval-reserve seconds from the start, so that
 model-best is still evaluated on the German test set inside a time-limited call. If it fails
 before its first evaluation, it is retried once without mixed precision (the setting that had
@@ -16,6 +23,7 @@ import argparse
 import json
 import lzma
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -51,10 +59,14 @@ class Run:
 
 
 class GpuMemory:
-    """Peak device memory in use as nvidia-smi reports it (context and PyTorch's cache included)."""
+    """Peak device memory in use as nvidia-smi reports it (context and PyTorch's cache included):
+    of the whole device, and of the process `pid` alone (set once the training process runs), which
+    differ when two runs share the GPU."""
 
     def __init__(self):
         self.max_mib = 0
+        self.max_process_mib = 0
+        self.pid = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -69,6 +81,14 @@ class GpuMemory:
                 used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                       capture_output=True, text=True, timeout=5).stdout.split()
                 self.max_mib = max(self.max_mib, int(used[0]))
+                if self.pid is not None:
+                    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                           "--format=csv,noheader,nounits"],
+                                          capture_output=True, text=True, timeout=5).stdout.splitlines()
+                    for app in apps:
+                        pid, mib = (int(x) for x in app.split(","))
+                        if pid == self.pid:
+                            self.max_process_mib = max(self.max_process_mib, mib)
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 pass
             self._stop.wait(0.5)
@@ -102,6 +122,7 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
     start = time.time()
     with open(run.out / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        memory.pid = proc.pid
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         for line in proc.stdout:
@@ -120,7 +141,8 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
     run.result[name] = {"dev_rows": rows, "rc": proc.returncode, "timeout_s": round(timeout),
                         "killed_at_timeout": proc.returncode == -9, "wall_s": round(time.time() - start, 1),
                         "peak_rss_mb_children": round(usage.ru_maxrss / 1024, 1),
-                        "nvidia_smi_peak_used_mib": memory.max_mib}
+                        "nvidia_smi_peak_used_mib": memory.max_mib,
+                        "nvidia_smi_peak_process_mib": memory.max_process_mib}
     run.save()
     return proc.returncode, rows, time.time() - start
 
@@ -131,9 +153,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--gpu", type=int, default=0, help="GPU id; -1 runs on CPU")
     parser.add_argument("--limit", type=int, default=0, help="source, target and dev sentences (0: all)")
+    parser.add_argument("--variant", choices=sorted(reproduce.VARIANTS), default="contproto",
+                        help="Table 3 row, as reproduce.py's config overrides")
+    parser.add_argument("--encoder", type=Path, help="an encoder folder built before (default: build one from --pack)")
+    parser.add_argument("--encoder-only", action="store_true", help="build the encoder into --work and stop")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--eval-frequency", type=int, default=439)
+    parser.add_argument("--eval-frequency", type=int, default=0,
+                        help="steps between evaluations (0: one less than an epoch, so one lands near the end)")
     parser.add_argument("--deadline", type=int, default=570, help="seconds from the start by which all must be done")
     parser.add_argument("--eval-reserve", type=int, default=75, help="seconds kept for scoring model-best")
     parser.add_argument("--coverage", action="store_true", help="check that no corpus piece hits a zeroed row")
@@ -159,10 +186,17 @@ def main() -> None:
 
         run.result["gpu"] = torch.cuda.get_device_name(args.gpu)
         run.result["versions"]["cupy"] = cupy.__version__
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+        run.result["nvidia_smi"] = smi
+    run.result["variant"] = args.variant
+    run.result["cpu_cores"] = os.cpu_count()
     print(run.result, flush=True)
     run.stage("imports")
-    encoder = build_encoder(pack, args.work)
+    encoder = args.encoder.resolve() if args.encoder else build_encoder(pack, args.work)
     run.stage("encoder")
+    if args.encoder_only:
+        return
     if args.coverage:
         run.result.update(coverage(pack, encoder))
         run.stage("coverage")
@@ -172,7 +206,9 @@ def main() -> None:
     n_source = len(DocBin().from_disk(corpus / "en_train.spacy"))
     if args.limit:
         n_source = min(n_source, args.limit)
-    steps = args.epochs * math.ceil(n_source / 16)  # 16 source + 16 target sentences a step
+    per_epoch = math.ceil(n_source / 16)  # 16 source + 16 target sentences a step
+    steps = args.epochs * per_epoch
+    eval_frequency = args.eval_frequency or per_epoch - 1
     model_dir, store = args.work / "student", args.work / "store"
     cmd = [sys.executable, "-m", "spacy", "train", str(REPO / "configs" / "contproto_gpu.cfg"), "--gpu-id", str(args.gpu),
            "--output", str(model_dir), "--paths.train", str(corpus / "en_train.spacy"),
@@ -181,7 +217,9 @@ def main() -> None:
            "--paths.quality_log", str(args.out / "quality.jsonl"), "--training.max_epochs", str(args.epochs),
            "--training.optimizer.learn_rate.total_steps", str(steps),
            "--training.optimizer.learn_rate.initial_rate", str(args.lr), "--components.span_contproto.prior_bias", "true",
-           "--training.eval_frequency", str(args.eval_frequency)]
+           "--training.eval_frequency", str(eval_frequency)]
+    for key, value in reproduce.VARIANTS[args.variant].items():
+        cmd += [f"--{key}", value]
     if args.limit:
         cmd += ["--corpora.train.limit", str(args.limit), "--corpora.train.target_limit", str(args.limit),
                 "--corpora.dev.limit", str(args.limit)]
@@ -227,6 +265,7 @@ def main() -> None:
     if store.exists():
         run.result["store_bytes"] = {f.name: f.stat().st_size for f in store.glob("*")}
     run.save()
+    (args.out / "done").write_text("")  # for a caller that waits on a detached run
     print(json.dumps(run.result.get("test", {}), indent=1))
 
 
