@@ -14,8 +14,15 @@ on the one GPU, each in its own process; see benchmarks/results/gpu/):
     python3 benchmarks/gpu_student.py --pack .gpu --encoder /root/cp/e5 --variant contproto \
         --out /root/cp/contproto --work /root/cp/contproto-work --deadline 700   # and --variant vanilla
 
-The training is stopped at --deadline minus --eval-reserve seconds from the start, so that
-model-best is still evaluated on the German test set inside a time-limited call. If it fails
+The training is stopped at --deadline minus --eval-reserve seconds from the start, or when a file
+named `stop` appears in --out, so that model-best is still evaluated on the German test set inside
+a time-limited call.
+
+Lessons of the H200 call (session 18) for a run that outlives one device call (started with setsid,
+waited on by a later call): carry the same paths in every call (a carried folder left out of a later
+call's carry is removed there, under the running job: the H200 run lost its dev set at its last
+evaluation); stop it with `touch OUT/stop`, never `pkill -f PATTERN` (the calling shell's own command
+line holds the pattern, and the call died); the site archive needs spacy-alignments too. If it fails
 before its first evaluation, it is retried once without mixed precision (the setting that had
 never run on a GPU before). --gpu -1 --limit N runs the same steps on CPU, as a dry run.
 """
@@ -26,6 +33,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -116,6 +124,16 @@ def coverage(pack: Path, encoder: Path) -> dict:
     return {"corpus_pieces": len(ids), "pieces_outside_kept_rows": sum(i not in kept for i in ids)}
 
 
+def stop_when_asked(proc: subprocess.Popen, stop_file: Path) -> None:
+    """Interrupt `spacy train` (as Ctrl-C would: spaCy saves model-last) once stop_file
+    exists, so that a caller can end a detached run without matching processes by name."""
+    while proc.poll() is None:
+        if stop_file.exists():
+            proc.send_signal(signal.SIGINT)
+            return
+        time.sleep(1)
+
+
 def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> tuple:
     """Run `spacy train`, logging each line with its time and parsing the evaluation rows."""
     rows, table = [], reproduce.DevTable()
@@ -125,6 +143,7 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
         memory.pid = proc.pid
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
+        threading.Thread(target=stop_when_asked, args=(proc, run.out / "stop"), daemon=True).start()
         for line in proc.stdout:
             t = time.time() - start
             log.write(f"{t:8.1f} {line}")
@@ -167,9 +186,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cp"))
     args = parser.parse_args()
     pack = args.pack.resolve()
-    corpus = pack / "corpus"
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
+    # the run reads only from --work: a detached run outlives the call that started it, and
+    # the device tool removes a carried folder (the pack) from a later call that does not carry it
+    corpus = args.work / "corpus"
+    shutil.copytree(pack / "corpus", corpus, dirs_exist_ok=True)
     run = Run(args.out)
 
     import spacy
