@@ -1035,35 +1035,50 @@ def speed_section(runs: List[dict]) -> List[str]:
 
 
 def gpu_section() -> List[str]:
-    """The GPU runs (benchmarks/gpu_student.py), one paragraph each."""
+    """The GPU runs (benchmarks/gpu_student.py), one paragraph each; a run that ended without a
+    test score says so in its outcome."""
     paths = sorted(GPU_RUNS.glob("*.json"))
     lines = ["", "# GPU"] if paths else []
     for path in paths:
         g = json.loads(path.read_text())
         n_target = g["pseudo_label_quality"][0]["n_docs"]
-        t, train = g["test"], g["train"]
+        t, train = g.get("test"), g["train"]
         dev = ", ".join(f"step {r['step']} {r['dev_f1']:.2f}" for r in train["dev_rows"])
-        per_type = ", ".join(f"{k} {v['f']:.1f}" for k, v in t["per_type"].items())
-        steps = ", ".join(f"{i['from_step']}-{i['to_step']}: {i['s_per_step_less_one_dev_eval']:.2f}" for i in g["seconds_per_step"])
+        if "s_per_step_less_one_dev_eval" in g["seconds_per_step"][0]:
+            steps = (", ".join(f"{i['from_step']}-{i['to_step']}: {i['s_per_step_less_one_dev_eval']:.2f}"
+                               for i in g["seconds_per_step"])
+                     + f", less one English dev evaluation ({g['dev_eval_of_model_best']['seconds']:.1f} s for "
+                     f"{g['dev_eval_of_model_best']['sentences']} sentences)")
+        else:
+            steps = "; ".join(f"{i['from_step']}-{i['to_step']}: {i['s_per_step']:.3f}, {i['includes']}"
+                              for i in g["seconds_per_step"])
+        quality = ", ".join(f"{100 * q['f1']:.2f}" for q in g["pseudo_label_quality"])
         lines += ["", f"{g['what']} ({path.relative_to(REPO)}), {g['date'][:10]}.", "",
                   f"- Device: {g['device']['gpu']} ({g['device']['cpu_cores']} CPU cores), torch {g['versions']['torch']}, "
                   f"cupy {g['versions'].get('cupy')}; {g['device']['note']}.",
                   f"- Encoder: {g['encoder']}.", f"- Pseudo labels: {g['pseudo_labels']}.",
                   "- Changed from configs/contproto_gpu.cfg: "
                   + "; ".join(f"`{k}` {v}" for k, v in g["overrides_of_contproto_gpu_cfg"].items()) + ".",
-                  f"- **Outcome: {g['outcome']}**",
-                  f"- German test (full, {t['test_sentences']} sentences): F1 {t['f1']:.2f} (P {t['precision']:.2f} / "
-                  f"R {t['recall']:.2f}; {per_type}); zero-shot of the teacher that made the pseudo labels: "
-                  f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.",
-                  f"- Seconds per training step (16 + 16 sentences, mixed precision), per stretch between evaluations, "
-                  f"less one English dev evaluation ({g['dev_eval_of_model_best']['seconds']:.1f} s for "
-                  f"{g['dev_eval_of_model_best']['sentences']} sentences): {steps}. Pipeline initialisation "
-                  f"({g['initialize_what']}) took {g['initialize_s']:.0f} s before step 0.",
+                  f"- **Outcome: {g['outcome']}**"]
+        if t:
+            per_type = ", ".join(f"{k} {v['f']:.1f}" for k, v in t["per_type"].items())
+            lines.append(f"- German test (full, {t['test_sentences']} sentences): F1 {t['f1']:.2f} (P {t['precision']:.2f} / "
+                         f"R {t['recall']:.2f}; {per_type}); zero-shot of the teacher that made the pseudo labels: "
+                         f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.")
+        else:
+            lines.append(f"- No German test score. Zero-shot of the teacher that made the pseudo labels: "
+                         f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.")
+        store = (f"; pseudo-label store {g['store_label_bytes_per_target_sentence']:.0f} bytes of labels per target sentence "
+                 f"({sum(g['store_bytes'].values()) / 2**20:.1f} MiB for {n_target} sentences)" if "store_bytes" in g else "")
+        lines += [f"- Seconds per training step (16 + 16 sentences, mixed precision), per stretch between evaluations: "
+                  f"{steps}. Pipeline initialisation ({g['initialize_what']}) took {g['initialize_s']:.0f} s before step 0.",
+                  f"- Pseudo-label oracle F1 on the {n_target} German train sentences, at the start of each epoch (the "
+                  f"labels that epoch trains on; a last entry, when there is one, at the end of training): {quality}.",
                   f"- Peak GPU memory used (nvidia-smi, sampled every 0.5 s, CUDA context and PyTorch's cache "
                   f"included): {train['nvidia_smi_peak_used_mib'] / 1024:.1f} GiB; peak RSS of the training process "
-                  f"{gib(train['peak_rss_mb_children'])}; pseudo-label store {g['store_label_bytes_per_target_sentence']:.0f} "
-                  f"bytes of labels per target sentence ({sum(g['store_bytes'].values()) / 2**20:.1f} MiB for {n_target} sentences).",
-                  f"- Test-set inference on the GPU: {t['inference_words_per_s']:.0f} words/s."]
+                  f"{gib(train['peak_rss_mb_children'])}{store}."]
+        if t:
+            lines.append(f"- Test-set inference on the GPU: {t['inference_words_per_s']:.0f} words/s.")
     return lines
 
 
