@@ -23,7 +23,8 @@ archive built by hand with:
     pip wheel --no-deps -w own . && unzip own/*.whl -d site   # spacy_contproto with its entry points
     tar -cJf .gpu/site.tar.xz -C site .                       # ~18 MB
 
-(Keep all of spacy/lang: spaCy's registry imports ja, ko, th, vi and zh on start.)
+(Keep all of spacy/lang: spaCy's registry imports ja, ko, th, vi and zh on start. Include
+spacy-alignments, which spacy-transformers imports: the session-18 archive lacked it.)
 """
 import argparse
 import json
