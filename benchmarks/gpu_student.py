@@ -7,24 +7,36 @@ benchmarks/results/gpu/ (with the pack's site.tar.xz unpacked into /tmp/site on 
 
     python3 benchmarks/gpu_student.py --pack .gpu --out $OUT --gpu 0 --epochs 3 --deadline 550 --eval-frequency 439
 
-and, on an H200 for the ContProto / vanilla pair (the encoder built once, then both runs side by side
-on the one GPU, each in its own process; see benchmarks/results/gpu/):
-
-    python3 benchmarks/gpu_student.py --pack .gpu --out /root/cp --work /root/cp --encoder-only
-    python3 benchmarks/gpu_student.py --pack .gpu --encoder /root/cp/e5 --variant contproto \
-        --out /root/cp/contproto --work /root/cp/contproto-work --deadline 700   # and --variant vanilla
+--variant picks a Table 3 row (reproduce.py's overrides); --encoder-only and --encoder let several
+runs share one converted encoder.
 
 The training is stopped at --deadline minus --eval-reserve seconds from the start, or when a file
 named `stop` appears in --out, so that model-best is still evaluated on the German test set inside
 a time-limited call.
 
-Lessons of the H200 call (session 18) for a run that outlives one device call (started with setsid,
-waited on by a later call): carry the same paths in every call (a carried folder left out of a later
-call's carry is removed there, under the running job: the H200 run lost its dev set at its last
-evaluation); stop it with `touch OUT/stop`, never `pkill -f PATTERN` (the calling shell's own command
-line holds the pattern, and the call died); the site archive needs spacy-alignments too. If it fails
-before its first evaluation, it is retried once without mixed precision (the setting that had
-never run on a GPU before). --gpu -1 --limit N runs the same steps on CPU, as a dry run.
+A full 3-epoch run (~2634 steps at ~0.22 s, ~12 minutes with initialisation and scoring) outlives
+one 10-minute device call: start it detached in one call and wait on it from the next, carrying the
+same paths in both (a carried folder left out of a later call's carry is removed there, under the
+running job: the session-18 H200 run lost its dev set at its last evaluation that way). Stop it with
+`touch OUT/stop`, never `pkill -f PATTERN`: the calling shell's own command line holds the pattern
+(session 18's second call killed itself). Call 1 (carry .gpu):
+
+    mkdir -p /tmp/site /root/cp && tar -xJf .gpu/site.tar.xz -C /tmp/site || exit 3
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    setsid nohup python3 benchmarks/gpu_student.py --pack .gpu --out /root/cp/run --work /root/cp/work \
+        --deadline 2000 > /root/cp/run.out 2>&1 < /dev/null & echo $! > /root/cp/pid
+    while [ $SECONDS -lt 570 ] && [ ! -f /root/cp/run/done ] && kill -0 $(cat /root/cp/pid); do sleep 5; done
+    cp /root/cp/run.out /root/cp/run/result.json /root/cp/run/train.log $OUT/
+
+Call 2 at once (carry .gpu again; K: seconds to wait before stopping it, from the device time left):
+
+    K=...; while [ $SECONDS -lt $K ] && [ ! -f /root/cp/run/done ]; do sleep 2; done
+    [ -f /root/cp/run/done ] || touch /root/cp/run/stop
+    while [ ! -f /root/cp/run/done ] && [ $SECONDS -lt $((K + 70)) ]; do sleep 2; done
+    cd /root/cp/run && cp result.json train.log quality.jsonl config.cfg $OUT/
+
+If the training fails before its first evaluation, it is retried once without mixed precision (the
+setting that had never run on a GPU before session 10). --gpu -1 --limit N runs the same steps on CPU, as a dry run.
 """
 import argparse
 import json
