@@ -1062,12 +1062,12 @@ def gpu_section() -> List[str]:
                   f"- **Outcome: {g['outcome']}**"]
         if t:
             per_type = ", ".join(f"{k} {v['f']:.1f}" for k, v in t["per_type"].items())
-            lines.append(f"- German test (full, {t['test_sentences']} sentences): F1 {t['f1']:.2f} (P {t['precision']:.2f} / "
-                         f"R {t['recall']:.2f}; {per_type}); zero-shot of the teacher that made the pseudo labels: "
-                         f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.")
+            score = (f"German test (full, {t['test_sentences']} sentences): F1 {t['f1']:.2f} (P {t['precision']:.2f} / "
+                     f"R {t['recall']:.2f}; {per_type}); zero-shot")
         else:
-            lines.append(f"- No German test score. Zero-shot of the teacher that made the pseudo labels: "
-                         f"{g['teacher_zero_shot_test_f1']:.2f}. English dev F1 by step: {dev}.")
+            score = "No German test score. Zero-shot"
+        lines.append(f"- {score} of the teacher that made the pseudo labels: {g['teacher_zero_shot_test_f1']:.2f}. "
+                     f"English dev F1 by step: {dev}.")
         store = (f"; pseudo-label store {g['store_label_bytes_per_target_sentence']:.0f} bytes of labels per target sentence "
                  f"({sum(g['store_bytes'].values()) / 2**20:.1f} MiB for {n_target} sentences)" if "store_bytes" in g else "")
         lines += [f"- Seconds per training step (16 + 16 sentences, mixed precision), per stretch between evaluations: "
