@@ -283,6 +283,13 @@ def main() -> None:
         spacy.require_gpu(args.gpu)
     best = model_dir / "model-best"
     if best.exists():
+        # the test score first: it is what a call running out of device time must not lose
+        run.result["test"] = reproduce.evaluate(best, corpus / "de_test.spacy")
+        if args.gpu >= 0:
+            run.result["torch_max_memory_allocated_mib_eval"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        (args.out / "model-best-meta.json").write_text((best / "meta.json").read_text())
+        (args.out / "config.cfg").write_text((best / "config.cfg").read_text())
+        run.stage("test")
         nlp = spacy.load(best)
         dev = list(DocBin().from_disk(corpus / "en_dev.spacy").get_docs(nlp.vocab))[: args.limit or None]
         start = time.time()
@@ -290,12 +297,6 @@ def main() -> None:
         run.result["dev_eval"] = {"seconds": round(time.time() - start, 1), "sentences": len(dev),
                                   "ents_f": round(100 * scores["ents_f"], 2)}
         run.stage("dev_eval")
-        run.result["test"] = reproduce.evaluate(best, corpus / "de_test.spacy")
-        if args.gpu >= 0:
-            run.result["torch_max_memory_allocated_mib_eval"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        (args.out / "model-best-meta.json").write_text((best / "meta.json").read_text())
-        (args.out / "config.cfg").write_text((best / "config.cfg").read_text())
-    run.stage("test")
     if store.exists():
         run.result["store_bytes"] = {f.name: f.stat().st_size for f in store.glob("*")}
     run.save()
