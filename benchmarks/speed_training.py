@@ -89,8 +89,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="speed_training")
+    parser.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gpu >= 0:
+        spacy.require_gpu(args.gpu)
+    # CUDA kernels run asynchronously: wait for them before reading the clock
+    sync = torch.cuda.synchronize if args.gpu >= 0 else (lambda: None)
     encoder = args.encoder or str(make_tiny_encoder(REPO / "benchmarks" / ".cache" / "tiny-bert"))
     tmp = Path(tempfile.mkdtemp(prefix="contproto-speed-"))
     vocab = spacy.blank("xx").vocab
@@ -128,8 +133,10 @@ def main():
             for name, (nlp, optimizer) in pipelines.items():
                 batch = batches[name][(round_ * args.steps + i) % len(batches[name])]
                 nlp.get_pipe("span_contproto").set_training_state(epoch=1, step=step)
+                sync()
                 start = time.perf_counter()
                 nlp.update(batch, sgd=optimizer, losses={})
+                sync()
                 elapsed = time.perf_counter() - start
                 if round_ > 0:
                     times[name].append(elapsed)
@@ -138,7 +145,8 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "benchmark": "training step time (nlp.update incl. optimizer), median",
-        "machine": f"{platform.machine()} torch threads={args.threads}",
+        "machine": (f"{torch.cuda.get_device_name(args.gpu)}, " if args.gpu >= 0 else "")
+        + f"{platform.machine()} torch threads={args.threads}",
         "encoder": args.encoder or "tiny random BERT (2 layers, hidden 32)",
         "source": str(args.source or "synthetic"), "target": str(args.target or "synthetic"),
         "batch": "teacher: 32 source sentences; plain/contproto: 16 source + 16 target",
