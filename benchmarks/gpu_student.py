@@ -37,6 +37,7 @@ Call 2 at once (carry .gpu again; K: seconds to wait before stopping it, from th
 
 If the training fails before its first evaluation, it is retried once without mixed precision (the
 setting that had never run on a GPU before session 10). --gpu -1 --limit N runs the same steps on CPU, as a dry run.
+`--derive OUT` prints the fields a benchmarks/results/gpu record derives from a finished run's files.
 """
 import argparse
 import json
@@ -178,7 +179,41 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
     return proc.returncode, rows, time.time() - start
 
 
+def derived(out: Path) -> dict:
+    """The fields a results/gpu record adds to a run's result.json, from the files in `out`: seconds
+    per step between evaluations (less one English dev evaluation, as timed on model-best after
+    training), the initialisation time, the pseudo-label quality log and the store's label bytes
+    per target sentence."""
+    result = json.loads((out / "result.json").read_text())
+    rows = result["train"]["dev_rows"]
+    dev_s = result.get("dev_eval", {}).get("seconds", 0.0)
+    record = {"seconds_per_step": [
+        {"from_step": a["step"], "to_step": b["step"], "wall_s": round(b["t"] - a["t"], 1),
+         "s_per_step_less_one_dev_eval": round((b["t"] - a["t"] - dev_s) / (b["step"] - a["step"]), 3)}
+        for a, b in zip(rows, rows[1:])]}
+    if "dev_eval" in result:
+        record["dev_eval_of_model_best"] = result["dev_eval"]
+    times = {}
+    for line in (out / "train.log").read_text().splitlines():
+        t, _, text = line.strip().partition(" ")
+        for key, marker in (("start", "Initializing pipeline"), ("end", "Initialized pipeline")):
+            if marker in text:
+                times.setdefault(key, float(t))
+    if len(times) == 2:
+        record["initialize_s"] = round(times["end"] - times["start"], 1)
+    quality_log = out / "quality.jsonl"
+    if quality_log.exists():
+        record["pseudo_label_quality"] = [json.loads(line) for line in quality_log.read_text().splitlines() if line]
+        if "store_bytes" in result:
+            n_target = record["pseudo_label_quality"][0]["n_docs"]
+            record["store_label_bytes_per_target_sentence"] = round(result["store_bytes"]["labels.f16"] / n_target, 1)
+    return record
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--derive"]:  # python gpu_student.py --derive DIR: print a finished run's derived fields
+        print(json.dumps(derived(Path(sys.argv[2])), indent=1))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pack", type=Path, default=REPO / ".gpu", help="the folder benchmarks/gpu_pack.py wrote")
     parser.add_argument("--out", type=Path, required=True)
@@ -299,6 +334,10 @@ def main() -> None:
         run.stage("dev_eval")
     if store.exists():
         run.result["store_bytes"] = {f.name: f.stat().st_size for f in store.glob("*")}
+    try:
+        run.result["derived"] = derived(args.out)
+    except (KeyError, ValueError, OSError, ZeroDivisionError) as error:  # the measurements above are kept regardless
+        run.result["derived_error"] = repr(error)
     run.save()
     (args.out / "done").write_text("")  # for a caller that waits on a detached run
     print(json.dumps(run.result.get("test", {}), indent=1))

@@ -990,8 +990,9 @@ def machine_speed(contproto: dict, vanilla: dict) -> str:
 def speed_section(runs: List[dict]) -> List[str]:
     """Speed and memory: the dedicated benchmarks' JSONs plus the grid's own wall times."""
     lines = ["", "# Speed and memory", ""]
-    training = RESULTS / "speed_training_e5_small.json"
-    if training.exists():
+    for training in (RESULTS / "speed_training_e5_small.json", RESULTS / "speed_training_e5_small_h200.json"):
+        if not training.exists():
+            continue
         t = json.loads(training.read_text())
         steps = t["median_seconds_per_step"]
         lines += [f"Training step, benchmarks/speed_training.py ({t['encoder']}, synthetic batches of "
@@ -1037,7 +1038,7 @@ def speed_section(runs: List[dict]) -> List[str]:
 def gpu_section() -> List[str]:
     """The GPU runs (benchmarks/gpu_student.py), one paragraph each; a run that ended without a
     test score says so in its outcome."""
-    paths = sorted(GPU_RUNS.glob("*.json"))
+    paths = sorted(GPU_RUNS.glob("*.json"), key=lambda p: json.loads(p.read_text())["date"])
     lines = ["", "# GPU"] if paths else []
     for path in paths:
         g = json.loads(path.read_text())
