@@ -2,10 +2,10 @@
 result.json (stages, dev rows with their times, peak GPU memory from nvidia-smi, peak RSS, test
 scores), the training log and the pseudo-label quality log into --out as it goes.
 
-Runs from the folder benchmarks/gpu_pack.py builds (--pack). As run on an H100 for
-benchmarks/results/gpu/ (with the pack's site.tar.xz unpacked into /tmp/site on PYTHONPATH):
-
-    python3 benchmarks/gpu_student.py --pack .gpu --out $OUT --gpu 0 --epochs 3 --deadline 550 --eval-frequency 439
+Runs from the folder benchmarks/gpu_pack.py builds (--pack), with the pack's site.tar.xz unpacked
+into /tmp/site on PYTHONPATH. Session 19's H200 run (benchmarks/results/gpu/*-h200-complete.json)
+was call 1 below with `--eval-frequency 1316` (evaluations at steps 0, 1316, 2632): on that host the
+whole run took 547 s and ended inside the one call (0.14 s a step; session 18's H200 took 0.22 s).
 
 --variant picks a Table 3 row (reproduce.py's overrides); --encoder-only and --encoder let several
 runs share one converted encoder.
@@ -14,8 +14,8 @@ The training is stopped at --deadline minus --eval-reserve seconds from the star
 named `stop` appears in --out, so that model-best is still evaluated on the German test set inside
 a time-limited call.
 
-A full 3-epoch run (~2634 steps at ~0.22 s, ~12 minutes with initialisation and scoring) outlives
-one 10-minute device call: start it detached in one call and wait on it from the next, carrying the
+A full 3-epoch run (2634 steps at 0.14-0.22 s, 9-13 minutes with initialisation and scoring) may
+outlive one 10-minute device call: start it detached in one call and wait on it from the next, carrying the
 same paths in both (a carried folder left out of a later call's carry is removed there, under the
 running job: the session-18 H200 run lost its dev set at its last evaluation that way). Stop it with
 `touch OUT/stop`, never `pkill -f PATTERN`: the calling shell's own command line holds the pattern
