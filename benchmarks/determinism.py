@@ -16,7 +16,7 @@ By default the runs skip the teacher's evaluations on the English dev set (to sa
 --with-evaluation keeps them (every 100 steps, full dev set), as the recorded teacher ran, and
 records each run's dev F1 curve.
 
-Needs the protocol-2 CoNLL corpus and the encoder (reproduce.py prepare; convert-encoder).
+Needs the protocol-2 CoNLL corpus and the encoder (reproduce.py prepare --protocol 2; convert-encoder).
 Writes benchmarks/results/determinism-<N>steps[-eval].{json,md}.
 """
 import argparse
@@ -105,7 +105,7 @@ def main() -> None:
     work, protocol = args.work.resolve(), reproduce.PROTOCOLS[2]
     corpus = work / "corpus"
     if not (corpus / "en_train.spacy").exists():
-        sys.exit(f"No corpus in {corpus}: python benchmarks/reproduce.py prepare --corpus conll")
+        sys.exit(f"No corpus in {corpus}: python benchmarks/reproduce.py prepare --protocol 2 --corpus conll")
     scratch = work / "determinism"
     scratch.mkdir(parents=True, exist_ok=True)
     eval_frequency = protocol["eval_frequency_steps"] if args.with_evaluation else None

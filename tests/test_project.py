@@ -112,3 +112,13 @@ def test_second_run_all_skips_every_step(project_run, tiny_encoder):
     result = run_all(project_run, tiny_encoder)
     assert re.findall(r"Skipping '([\w-]+)': nothing changed", result.stdout) == workflow, result.stdout[-3000:]
     assert teacher.stat().st_mtime_ns == before
+
+
+def test_changed_script_reruns_its_step_only(project_run, tiny_encoder):
+    # scripts are deps: an edited report script reruns the report, and nothing upstream or beside it
+    workflow = srsly.read_yaml(PROJECT / "project.yml")["workflows"]["all"]
+    script = project_run / "scripts" / "report.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    result = run_all(project_run, tiny_encoder)
+    skipped = re.findall(r"Skipping '([\w-]+)': nothing changed", result.stdout)
+    assert skipped == [name for name in workflow if name != "report"], result.stdout[-3000:]
