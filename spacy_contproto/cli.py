@@ -23,7 +23,7 @@ def pseudo_label_command(
     input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="Target Docs (.spacy)"),
     output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy with pseudo labels"),
     component: Optional[str] = typer.Option(None, help="span_contproto component to use (default: the only one)"),
-    batch_size: int = typer.Option(64, help="Docs per batch"),
+    batch_size: int = typer.Option(64, min=1, help="Docs per batch"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
 ) -> None:
     """Store the teacher's soft class distribution of every enumerated span with each
@@ -33,9 +33,9 @@ def pseudo_label_command(
 
     from .pseudo_label import pseudo_label_file
 
-    if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
     try:
+        if gpu_id >= 0:
+            spacy.require_gpu(gpu_id)
         nlp = spacy.load(teacher)
         n = pseudo_label_file(nlp, input_path, output_path, component=component, batch_size=batch_size)
     except (OSError, ValueError) as err:

@@ -15,7 +15,7 @@ from spacy.pipeline.trainable_pipe import TrainablePipe
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
-from thinc.api import Config, Model, Optimizer, torch2xp, xp2torch
+from thinc.api import Config, CupyOps, Model, Optimizer, torch2xp, xp2torch
 from thinc.types import Floats2d, Ragged
 
 from .losses import (
@@ -173,7 +173,12 @@ class SpanContProto(TrainablePipe):
             raise ValueError(f'"{OUTSIDE_LABEL}" is reserved for non-entity spans')
         if label in self.labels:
             return 0
-        self._allow_extra_label()
+        if self.model.get_ref("span_head").has_dim("nO"):
+            # the head's output layer is sized at initialize; a late label would break update and loading
+            raise ValueError(
+                f"{self.name}: cannot add label {label!r} after initialize(); pass every label to "
+                f"initialize ([initialize.components.{self.name}.labels]) and train again"
+            )
         self.cfg["labels"].append(label)
         self.vocab.strings.add(label)
         return 1
@@ -194,6 +199,11 @@ class SpanContProto(TrainablePipe):
         sample, and, when the examples include target Docs with pseudo labels, the
         pseudo-label store for self-training."""
         validate_get_examples(get_examples, "SpanContProto.initialize")
+        if self.model.get_ref("span_head").attrs["mixed_precision"] and not isinstance(self.model.ops, CupyOps):
+            raise ValueError(
+                f"{self.name}: mixed_precision = true needs a GPU (spacy train --gpu-id N); on CPU set "
+                f"[components.{self.name}.model] mixed_precision = false"
+            )
         examples = list(get_examples())
         if labels is not None:
             for label in labels:
@@ -212,7 +222,7 @@ class SpanContProto(TrainablePipe):
         self._warn_unreachable([eg for eg in examples if not is_target(eg)])
         head = self.model.get_ref("span_head")
         head.set_dim("nO", len(self.labels) + 1)
-        sample = [eg.x for eg in examples[:64]]
+        sample = [eg.x for eg in examples if len(eg.x)][:64]
         self.model.initialize(X=sample)
         self.cfg["token_width"] = head.get_dim("nI")
         if self.cfg.get("prior_bias"):
@@ -315,6 +325,11 @@ class SpanContProto(TrainablePipe):
     # prediction -------------------------------------------------------------
 
     def predict(self, docs: Iterable[Doc]) -> SpanProbabilities:
+        if not self.model.get_ref("span_head").layers:
+            raise ValueError(
+                f"{self.name} is not initialized: train it (spacy train), call nlp.initialize(), "
+                "or load a trained pipeline"
+            )
         docs = list(docs)
         outputs = self.model.predict(docs)
         return SpanProbabilities(outputs.spans, self.model.ops.softmax(outputs.logits))

@@ -74,6 +74,12 @@ def build_span_contproto_model(
     """
     if max_span_length < 1:
         raise ValueError(f"max_span_length must be >= 1, got {max_span_length}")
+    for name, width in (("width_embedding_width", width_embedding_width), ("projection_width", projection_width),
+                        ("hidden_width", 1 if hidden_width is None else hidden_width)):
+        if width < 1:
+            raise ValueError(f"{name} must be >= 1, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if token_features not in TOKEN_FEATURE_MODES:
         raise ValueError(
             f"token_features must be one of {TOKEN_FEATURE_MODES}, got {token_features!r}"
@@ -113,14 +119,16 @@ def build_span_contproto_model(
 def _init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     tok2vec = model.get_ref("tok2vec")
     head = model.get_ref("span_head")
-    tok2vec.initialize(X=X) if X is not None else tok2vec.initialize()
+    non_empty = [doc for doc in X if len(doc)] if X is not None else None
+    if not non_empty and not head.has_dim("nI"):
+        raise ValueError(
+            "span_contproto needs at least one non-empty Doc to infer the width "
+            "of its token features during initialization."
+        )
+    # a transformer cannot be initialised on empty Docs alone
+    tok2vec.initialize(X=non_empty) if non_empty else tok2vec.initialize()
     if not head.has_dim("nI"):
-        sample = [doc for doc in (X or []) if len(doc)][:8]
-        if not sample:
-            raise ValueError(
-                "span_contproto needs at least one non-empty Doc to infer the width "
-                "of its token features during initialization."
-            )
+        sample = non_empty[:8]
         widths = {f.shape[1] for f in tok2vec.predict(sample) if f.shape[0]}
         if len(widths) != 1:
             raise ValueError(f"tok2vec gave token vectors of inconsistent widths {widths}")

@@ -60,9 +60,12 @@ class ContProtoSettings:
                 raise ValueError(f"contproto setting {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("prototype_alpha", "beta", "beta_end"):
+        for name in ("beta", "beta_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        # alpha is the weight kept by the EMA; at 0 the closed-form sequential update takes log(0)
+        if not 0.0 < self.prototype_alpha <= 1.0:
+            raise ValueError(f"prototype_alpha must be in (0, 1], got {self.prototype_alpha}")
         for name in ("source_weight", "target_weight", "contrastive_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -69,6 +69,9 @@ class SelfTrainingCorpus:
     ):
         if target_per_source < 0:
             raise ValueError(f"target_per_source must be >= 0, got {target_per_source}")
+        for name, value in (("max_length", max_length), ("limit", limit), ("target_limit", target_limit)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {value}")
         self.source = Corpus(source, max_length=max_length, limit=limit)
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source

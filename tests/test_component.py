@@ -210,6 +210,51 @@ def test_initialize_labels_narrower_than_the_data_is_a_clear_error(tiny_encoder)
         nlp.initialize(lambda: examples)
 
 
+def test_adding_a_label_after_initialize_is_a_clear_error(tiny_encoder):
+    nlp = build_initialized(tiny_encoder, synthetic_docs(spacy.blank("xx").vocab, 10, seed=3))
+    pipe = nlp.get_pipe("span_contproto")
+    assert pipe.add_label("PER") == 0  # known labels stay a no-op
+    with pytest.raises(ValueError, match="cannot add label 'NEW' after initialize"):
+        pipe.add_label("NEW")
+    assert "NEW" not in pipe.labels
+
+
+def test_predicting_with_an_uninitialized_component_is_a_clear_error(tiny_encoder):
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    with pytest.raises(ValueError, match="span_contproto is not initialized"):
+        nlp.get_pipe("span_contproto").predict([nlp.make_doc("Anna Berg")])
+
+
+def test_initialize_on_empty_docs_only_is_a_clear_error(tiny_encoder):
+    vocab = spacy.blank("xx").vocab
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config["initialize"]["components"]["span_contproto"] = {"labels": ["PER"]}
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    empty = [Example(Doc(nlp.vocab, words=[]), Doc(nlp.vocab, words=[])) for _ in range(3)]
+    with pytest.raises(ValueError, match="at least one non-empty Doc"):
+        nlp.initialize(lambda: empty)
+    # empty Docs first, the sample for the widths comes from the non-empty ones after them
+    docs = [Doc(vocab, words=[]) for _ in range(70)] + synthetic_docs(vocab, 5, seed=4)
+    nlp = build_initialized(tiny_encoder, docs)
+    assert nlp.get_pipe("span_contproto").cfg["token_width"] > 0
+
+
+def test_mixed_precision_on_cpu_is_a_clear_error(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 5, seed=3)
+    with pytest.raises(ValueError, match="mixed_precision = true needs a GPU"):
+        build_initialized(tiny_encoder, docs, **{"components.span_contproto.model.mixed_precision": True})
+
+
+@pytest.mark.parametrize("setting,value", [("hidden_width", -5), ("projection_width", 0),
+                                           ("width_embedding_width", -1), ("dropout", 1.0)])
+def test_invalid_model_sizes_are_clear_errors(tiny_encoder, setting, value):
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config["components"]["span_contproto"]["model"][setting] = value
+    with pytest.raises(ValueError, match=setting):
+        spacy.util.load_model_from_config(config, auto_fill=True)
+
+
 def test_sourcing_into_another_pipeline_with_replaced_listener(trained_teacher, tmp_path):
     trained = spacy.load(trained_teacher)
     text = "Anna Berg works for Globex in Oslo ."

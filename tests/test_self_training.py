@@ -102,6 +102,27 @@ def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
+    # a batch size of 0 would write an empty file and report success
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+         str(target_corpus["raw"]), str(tmp_path / "out.spacy"), "--batch-size", "0"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "batch-size" in result.stdout + result.stderr
+    assert not (tmp_path / "out.spacy").exists()
+    if not torch.cuda.is_available():  # a GPU id on a machine without one: a message, not a traceback
+        result = subprocess.run(
+            [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+             str(target_corpus["raw"]), str(tmp_path / "out.spacy"), "--gpu-id", "0"],
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("setting", ["max_length", "limit", "target_limit"])
+def test_reader_rejects_negative_limits(synthetic_corpus, target_corpus, setting):
+    with pytest.raises(ValueError, match=f"{setting} must be >= 0"):
+        SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], **{setting: -1})
 
 
 def test_reader_mixes_target_docs_without_gold(synthetic_corpus, target_corpus):

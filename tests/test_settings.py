@@ -14,6 +14,10 @@ def test_settings_reject_unknown_choices_and_ranges():
         ContProtoSettings(first_margin="last")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ContProtoSettings(temperature=0.0)
+    # alpha 0 would make the sequential EMA take log(0): prototypes and margins become NaN
+    with pytest.raises(ValueError, match=r"prototype_alpha must be in \(0, 1\]"):
+        ContProtoSettings(prototype_alpha=0.0)
+    ContProtoSettings(prototype_alpha=1.0)
 
 
 def test_fixed_margin_no_cosine_can_pass_warns():
