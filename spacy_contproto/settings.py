@@ -2,6 +2,7 @@
 config block with the paper's values as defaults."""
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 from spacy.util import registry
@@ -69,6 +70,11 @@ class ContProtoSettings:
         for name in ("source_weight", "target_weight", "contrastive_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # paths: caught here, by setting name, rather than as a bare OSError at the first write
+        if self.store_dir is not None and Path(self.store_dir).exists() and not Path(self.store_dir).is_dir():
+            raise ValueError(f"store_dir must be a folder (or not exist yet), got the file {self.store_dir}")
+        if self.quality_log is not None and Path(self.quality_log).is_dir():
+            raise ValueError(f"quality_log must be a file path (JSONL), got the folder {self.quality_log}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.prototypes and self.margin == "fixed" and self.fixed_margin >= 1.0:

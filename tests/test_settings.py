@@ -20,6 +20,15 @@ def test_settings_reject_unknown_choices_and_ranges():
     ContProtoSettings(prototype_alpha=1.0)
 
 
+def test_settings_reject_paths_of_the_wrong_kind(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="store_dir must be a folder"):
+        ContProtoSettings(store_dir=str(tmp_path / "a-file"))
+    with pytest.raises(ValueError, match="quality_log must be a file path"):
+        ContProtoSettings(quality_log=str(tmp_path))
+    ContProtoSettings(store_dir=str(tmp_path / "new"), quality_log=str(tmp_path / "new" / "quality.jsonl"))
+
+
 def test_fixed_margin_no_cosine_can_pass_warns():
     with pytest.warns(UserWarning, match="never exceeds 1"):
         ContProtoSettings(margin="fixed", fixed_margin=1.0)
