@@ -84,6 +84,13 @@ def build_span_contproto_model(
         raise ValueError(
             f"token_features must be one of {TOKEN_FEATURE_MODES}, got {token_features!r}"
         )
+    # another pooling would give vectors of the right width whose halves mean nothing
+    if token_features == "first_last" and not any(node.name == "first_last_pooling" for node in tok2vec.walk()):
+        raise ValueError(
+            'token_features = "first_last" reads the first and last word piece of each token, which only '
+            "the pooling spacy_contproto.first_last_pooling.v1 provides (in the transformer listener or "
+            'embedded transformer); use that pooling, or token_features = "pooled" with another'
+        )
     head: Model = Model(
         "span_contproto_head",
         forward=_head_forward,

@@ -246,6 +246,15 @@ def test_mixed_precision_on_cpu_is_a_clear_error(tiny_encoder):
         build_initialized(tiny_encoder, docs, **{"components.span_contproto.model.mixed_precision": True})
 
 
+def test_first_last_features_without_first_last_pooling_are_a_clear_error(tiny_encoder):
+    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config["components"]["span_contproto"]["model"]["tok2vec"]["pooling"] = {"@layers": "reduce_mean.v1"}
+    with pytest.raises(ValueError, match="first_last_pooling"):
+        spacy.util.load_model_from_config(config, auto_fill=True)
+    config["components"]["span_contproto"]["model"]["token_features"] = "pooled"
+    spacy.util.load_model_from_config(config, auto_fill=True)
+
+
 @pytest.mark.parametrize("setting,value", [("hidden_width", -5), ("projection_width", 0),
                                            ("width_embedding_width", -1), ("dropout", 1.0)])
 def test_invalid_model_sizes_are_clear_errors(tiny_encoder, setting, value):
