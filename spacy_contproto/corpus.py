@@ -398,9 +398,13 @@ def convert_file(
     import spacy
 
     try:
-        vocab = spacy.blank(lang).vocab
-    except ImportError as err:  # spaCy's unknown-language error
+        spacy.util.get_lang_class(lang)
+    except ImportError as err:
         raise ValueError(f"unknown language {lang!r}: {err}") from None
+    try:
+        vocab = spacy.blank(lang).vocab
+    except ImportError as err:  # a known language whose tokenizer needs a library (th, vi, ...)
+        raise ValueError(f"language {lang!r} needs a library that is not installed: {err}") from None
     stats = ConllStats()
     docs = conll_to_docs(
         input_path, vocab, unlabelled=unlabelled, keep_gold=keep_gold,

@@ -327,6 +327,11 @@ def test_cli_errors_without_traceback(tmp_path):
     result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")
     assert result.returncode == 1 and "unknown language 'qq'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+    try:
+        import pythainlp  # noqa: F401
+    except ImportError:  # a known language whose tokenizer library is missing is not "unknown"
+        result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "th")
+        assert result.returncode == 1 and "language 'th' needs a library" in result.stdout
 
 
 def test_find_split_one_file_per_split(tmp_path):
