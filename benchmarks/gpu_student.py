@@ -179,12 +179,11 @@ def train(run: Run, cmd: list, name: str, timeout: float, memory: GpuMemory) -> 
     return proc.returncode, rows, time.time() - start
 
 
-def derived(out: Path) -> dict:
-    """The fields a results/gpu record adds to a run's result.json, from the files in `out`: seconds
-    per step between evaluations (less one English dev evaluation, as timed on model-best after
-    training), the initialisation time, the pseudo-label quality log and the store's label bytes
-    per target sentence."""
-    result = json.loads((out / "result.json").read_text())
+def derived(result: dict, out: Path) -> dict:
+    """The fields a results/gpu record adds to a run's result (result.json), from it and the logs in
+    `out`: seconds per step between evaluations (less one English dev evaluation, as timed on
+    model-best after training), the initialisation time, the pseudo-label quality log and the
+    store's label bytes per target sentence."""
     rows = result["train"]["dev_rows"]
     dev_s = result.get("dev_eval", {}).get("seconds", 0.0)
     record = {"seconds_per_step": [
@@ -212,7 +211,8 @@ def derived(out: Path) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["--derive"]:  # python gpu_student.py --derive DIR: print a finished run's derived fields
-        print(json.dumps(derived(Path(sys.argv[2])), indent=1))
+        out = Path(sys.argv[2])
+        print(json.dumps(derived(json.loads((out / "result.json").read_text()), out), indent=1))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pack", type=Path, default=REPO / ".gpu", help="the folder benchmarks/gpu_pack.py wrote")
@@ -335,7 +335,7 @@ def main() -> None:
     if store.exists():
         run.result["store_bytes"] = {f.name: f.stat().st_size for f in store.glob("*")}
     try:
-        run.result["derived"] = derived(args.out)
+        run.result["derived"] = derived(run.result, args.out)
     except (KeyError, ValueError, OSError, ZeroDivisionError) as error:  # the measurements above are kept regardless
         run.result["derived_error"] = repr(error)
     run.save()

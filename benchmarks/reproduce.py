@@ -1038,10 +1038,10 @@ def speed_section(runs: List[dict]) -> List[str]:
 def gpu_section() -> List[str]:
     """The GPU runs (benchmarks/gpu_student.py), one paragraph each; a run that ended without a
     test score says so in its outcome."""
-    paths = sorted(GPU_RUNS.glob("*.json"), key=lambda p: json.loads(p.read_text())["date"])
-    lines = ["", "# GPU"] if paths else []
-    for path in paths:
-        g = json.loads(path.read_text())
+    records = sorted(((json.loads(path.read_text()), path) for path in GPU_RUNS.glob("*.json")),
+                     key=lambda record: record[0]["date"])
+    lines = ["", "# GPU"] if records else []
+    for g, path in records:
         n_target = g["pseudo_label_quality"][0]["n_docs"]
         t, train = g.get("test"), g["train"]
         dev = ", ".join(f"step {r['step']} {r['dev_f1']:.2f}" for r in train["dev_rows"])
