@@ -34,6 +34,8 @@ def pseudo_label_docs(
     The teacher's earlier components (e.g. the transformer) run on copies, so the
     Docs keep their own annotation (gold entities stay for quality measurement)
     and carry no transformer output."""
+    if batch_size < 1:  # minibatch would yield nothing: every Doc silently dropped
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     name = find_component(nlp, component)
     pipe: SpanContProto = nlp.get_pipe(name)
     upstream = [proc for n, proc in nlp.pipeline[: nlp.pipe_names.index(name)]]

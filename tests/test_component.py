@@ -20,10 +20,12 @@ def load_docs(path, vocab):
     return list(DocBin().from_disk(path).get_docs(vocab))
 
 
+def teacher_config(encoder, **overrides):
+    return spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(encoder), **overrides})
+
+
 def build_initialized(encoder, docs, **overrides):
-    config = spacy.util.load_config(
-        CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(encoder), **overrides}
-    )
+    config = teacher_config(encoder, **overrides)
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
     examples = [Example(nlp.make_doc(d.text), d) for d in docs]
     nlp.initialize(lambda: examples)
@@ -201,7 +203,7 @@ def test_initialize_without_labels_is_a_clear_error(tiny_encoder):
 
 def test_initialize_labels_narrower_than_the_data_is_a_clear_error(tiny_encoder):
     docs = synthetic_docs(spacy.blank("xx").vocab, 10, seed=2)
-    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config = teacher_config(tiny_encoder)
     config["components"]["span_contproto"]["prior_bias"] = True  # its class prior reads every gold entity
     config["initialize"]["components"]["span_contproto"] = {"labels": ["PER"]}
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
@@ -220,7 +222,7 @@ def test_adding_a_label_after_initialize_is_a_clear_error(tiny_encoder):
 
 
 def test_predicting_with_an_uninitialized_component_is_a_clear_error(tiny_encoder):
-    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config = teacher_config(tiny_encoder)
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
     with pytest.raises(ValueError, match="span_contproto is not initialized"):
         nlp.get_pipe("span_contproto").predict([nlp.make_doc("Anna Berg")])
@@ -228,7 +230,7 @@ def test_predicting_with_an_uninitialized_component_is_a_clear_error(tiny_encode
 
 def test_initialize_on_empty_docs_only_is_a_clear_error(tiny_encoder):
     vocab = spacy.blank("xx").vocab
-    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config = teacher_config(tiny_encoder)
     config["initialize"]["components"]["span_contproto"] = {"labels": ["PER"]}
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
     empty = [Example(Doc(nlp.vocab, words=[]), Doc(nlp.vocab, words=[])) for _ in range(3)]
@@ -247,7 +249,7 @@ def test_mixed_precision_on_cpu_is_a_clear_error(tiny_encoder):
 
 
 def test_first_last_features_without_first_last_pooling_are_a_clear_error(tiny_encoder):
-    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config = teacher_config(tiny_encoder)
     config["components"]["span_contproto"]["model"]["tok2vec"]["pooling"] = {"@layers": "reduce_mean.v1"}
     with pytest.raises(ValueError, match="first_last_pooling"):
         spacy.util.load_model_from_config(config, auto_fill=True)
@@ -258,7 +260,7 @@ def test_first_last_features_without_first_last_pooling_are_a_clear_error(tiny_e
 @pytest.mark.parametrize("setting,value", [("hidden_width", -5), ("projection_width", 0),
                                            ("width_embedding_width", -1), ("dropout", 1.0)])
 def test_invalid_model_sizes_are_clear_errors(tiny_encoder, setting, value):
-    config = spacy.util.load_config(CONFIGS / "teacher_cpu.cfg", overrides={"paths.encoder": str(tiny_encoder)})
+    config = teacher_config(tiny_encoder)
     config["components"]["span_contproto"]["model"][setting] = value
     with pytest.raises(ValueError, match=setting):
         spacy.util.load_model_from_config(config, auto_fill=True)

@@ -95,28 +95,32 @@ def test_pseudo_label_command_writes_documented_payload(tmp_path, trained_teache
 
 
 def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
-    result = subprocess.run(
-        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
-         str(target_corpus["raw"]), str(tmp_path / "out.spacy")],
-        capture_output=True, text=True,
-    )
+    def pseudo_label(*options):
+        return subprocess.run(
+            [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+             str(target_corpus["raw"]), str(tmp_path / "out.spacy"), *options],
+            capture_output=True, text=True,
+        )
+
+    result = pseudo_label()
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
     # a batch size of 0 would write an empty file and report success
-    result = subprocess.run(
-        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
-         str(target_corpus["raw"]), str(tmp_path / "out.spacy"), "--batch-size", "0"],
-        capture_output=True, text=True,
-    )
+    result = pseudo_label("--batch-size", "0")
     assert result.returncode != 0 and "batch-size" in result.stdout + result.stderr
     assert not (tmp_path / "out.spacy").exists()
     if not torch.cuda.is_available():  # a GPU id on a machine without one: a message, not a traceback
-        result = subprocess.run(
-            [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
-             str(target_corpus["raw"]), str(tmp_path / "out.spacy"), "--gpu-id", "0"],
-            capture_output=True, text=True,
-        )
+        result = pseudo_label("--gpu-id", "0")
         assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+
+
+def test_pseudo_label_docs_rejects_batch_size_0(trained_teacher, target_corpus):
+    from spacy_contproto.pseudo_label import pseudo_label_docs
+
+    nlp = spacy.load(trained_teacher)
+    docs = list(DocBin().from_disk(target_corpus["raw"]).get_docs(nlp.vocab))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        list(pseudo_label_docs(nlp, docs, batch_size=0))
 
 
 @pytest.mark.parametrize("setting", ["max_length", "limit", "target_limit"])
