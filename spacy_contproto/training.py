@@ -12,6 +12,7 @@ import srsly
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.training import Corpus, Example
+from spacy.training.corpus import walk_corpus
 from spacy.util import ensure_path, registry
 from wasabi import Printer
 
@@ -72,6 +73,10 @@ class SelfTrainingCorpus:
         for name, value in (("max_length", max_length), ("limit", limit), ("target_limit", target_limit)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {value}")
+        source_path = ensure_path(source)
+        if source_path is None or not source_path.exists():
+            raise ValueError(f"source corpus {source} does not exist")
+        self.source_path = source_path
         self.source = Corpus(source, max_length=max_length, limit=limit)
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source
@@ -83,7 +88,10 @@ class SelfTrainingCorpus:
         path = self.target_path
         if path is None or not path.exists():
             raise ValueError(f"target corpus {path} does not exist")
-        docs = list(islice(DocBin().from_disk(path).get_docs(nlp.vocab), self.target_limit or None))
+        # a folder as spaCy's Corpus reads one: its .spacy files, sorted, recursively
+        files = walk_corpus(path, ".spacy") if path.is_dir() else [path]
+        all_docs = (doc for file in files for doc in DocBin().from_disk(file).get_docs(nlp.vocab))
+        docs = list(islice(all_docs, self.target_limit or None))
         if not docs:
             raise ValueError(
                 f"target corpus {path} holds no Docs: self-training needs unlabelled target "
@@ -123,10 +131,15 @@ class SelfTrainingCorpus:
                 yield next(target_stream)
                 n_target += 1
                 owed -= 1.0
+        if n_source == 0:
+            raise ValueError(
+                f"source corpus {self.source_path} holds no Examples (spaCy reads only files ending "
+                "in .spacy, also inside a folder; with max_length, every Doc may be longer)"
+            )
         if n_target < len(targets) and not self.warned_unused_targets:
             self.warned_unused_targets = True
             # rounded up, so that the suggested ratio covers every target Doc
-            needed = math.ceil(100 * len(targets) / max(n_source, 1)) / 100
+            needed = math.ceil(100 * len(targets) / n_source) / 100
             warnings.warn(
                 f"Only {n_target} of the {len(targets)} target Docs in {self.target_path} take part in "
                 f"training: an epoch is one pass over the {n_source} source Examples with "
@@ -147,7 +160,8 @@ def create_self_training_corpus(
     target_limit: int = 0,
 ) -> Callable[[Language], Iterable[Example]]:
     """Training corpus for ContProto: labelled source Docs (.spacy) mixed with
-    pseudo-labelled target Docs (.spacy written by the pseudo-label command)."""
+    pseudo-labelled target Docs (.spacy written by the pseudo-label command). Each of
+    source and target is a .spacy file or a folder of them, as for spacy.Corpus.v1."""
     for name, value in (("source", source), ("target", target)):
         if value is None:
             raise ValueError(
@@ -270,7 +284,10 @@ def create_console_logger(
         widths = [3, 6] + [max(8, len(c) + 5) for c in loss_cols] + [max(6, len(c)) for c in score_cols] + [6]
         write(msg.row([h.upper() for h in headers], widths=widths, spacing=2))
         write(msg.row(["-" * w for w in widths], spacing=2))
-        stream = open(output_file, "w", encoding="utf8") if output_file else None
+        stream = None
+        if output_file:
+            Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+            stream = open(output_file, "w", encoding="utf8")
 
         def log_step(info: Optional[Dict[str, Any]]) -> None:
             if info is None:

