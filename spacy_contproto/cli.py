@@ -95,6 +95,7 @@ def convert_corpus_command(
         None, help="Input encoding (default: UTF-8, UTF-16 with a BOM, else Windows-1252 or Latin-1)"
     ),
     scheme: Optional[str] = typer.Option(None, help="Tag scheme: iob1, iob2 or bioes (default: detect)"),
+    max_columns: int = typer.Option(5, min=2, help="Most columns a token line may have (the tag is the last)"),
 ) -> None:
     """Convert a CoNLL/TSV NER file into a .spacy file of one Doc per sentence.
 
@@ -112,12 +113,14 @@ def convert_corpus_command(
             warnings.simplefilter("ignore", ConllWarning)  # reported below from the stats
             stats = convert_file(
                 input_path, output_path, lang=lang, unlabelled=unlabelled, keep_gold=keep_gold,
-                encoding=encoding, scheme=scheme,
+                encoding=encoding, scheme=scheme, max_columns=max_columns,
             )
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)
     if stats.stray_i:
         msg.warn(stats.stray_i_message())
+    if stats.language_prefix:
+        msg.info(f"Every word started with {stats.language_prefix!r} (XTREME PAN-X style): removed")
     if unlabelled:
         written = "gold entities kept" if keep_gold else "no entity annotation"
     else:

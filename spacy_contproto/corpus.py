@@ -19,6 +19,8 @@ The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, Wik
   control characters in Latin-1; or the ``encoding`` you name. A file that is not valid UTF-8
   but holds UTF-8 characters elsewhere is refused (a damaged UTF-8 file would otherwise turn
   every one of its accented letters into two Latin-1 characters).
+- a language prefix on every word (XTREME's PAN-X files: ``de:Angela``) is removed, and
+  named in ``ConllStats.language_prefix``; a file where some words lack it is read as is.
 - tag schemes: IOB2 (every entity starts with ``B-``), IOB1 (``I-`` starts an entity; ``B-``
   only separates two adjacent entities of one type), and BIOES / BILOU (``S-``/``U-`` single,
   ``E-``/``L-`` last token), detected per file or named with ``scheme``.
@@ -87,6 +89,7 @@ MAX_COLUMNS = 5
 _TAG = re.compile(r"^([BIESLU])-(\S+)$")
 _SEPARATOR = re.compile(r"[ \t]+")
 _TAB_SEPARATOR = re.compile(r" *\t[ \t]*")  # a tab-separated file: a space inside a column is kept
+_LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:-[a-z]+)?):.")  # XTREME's PAN-X words: "de:Angela"
 # BIOES/BILOU prefixes in spaCy's BILUO spelling
 _TO_BILUO = {"B": "B", "I": "I", "E": "L", "L": "L", "S": "U", "U": "U"}
 
@@ -109,6 +112,7 @@ class ConllStats:
     columns: Counter = field(default_factory=Counter)  # number of columns -> token lines
     entities: Counter = field(default_factory=Counter)  # label -> entities (in the file)
     stray_i_lines: List[int] = field(default_factory=list)  # IOB2 I-X read as B-X
+    language_prefix: str = ""  # "de:" when every word had it (XTREME PAN-X) and it was removed
 
     @property
     def n_entities(self) -> int:
@@ -140,6 +144,7 @@ class ConllStats:
             "n_entities": self.n_entities,
             "stray_i": self.stray_i,
             "stray_i_lines": list(self.stray_i_lines),
+            "language_prefix": self.language_prefix,
         }
 
 
@@ -276,6 +281,17 @@ def _split_sentences(
     return sentences
 
 
+def _common_language_prefix(raw: List[_RawSentence]) -> str:
+    """The "xx:" that starts every word of the file (XTREME's PAN-X files write "de:Angela"),
+    else ""."""
+    words = [word for sentence in raw for word in sentence[0]]
+    match = _LANG_PREFIX.match(words[0]) if words else None
+    if match is None:
+        return ""
+    prefix = match.group(1) + ":"
+    return prefix if all(word.startswith(prefix) and len(word) > len(prefix) for word in words) else ""
+
+
 def _parse_tag(tag: str, path: str, line: int) -> Tuple[str, str]:
     """("O", "") or (prefix, label); a ValueError for anything else."""
     if tag == "O":
@@ -386,6 +402,10 @@ def read_conll(
     if text.startswith("\ufeff"):  # a byte-order mark, also with an explicit encoding
         text = text[1:]
     raw = _split_sentences(text, path, max_columns, stats, tagged=tagged)
+    stats.language_prefix = _common_language_prefix(raw)
+    if stats.language_prefix:
+        cut = len(stats.language_prefix)
+        raw = [([w[cut:] for w in words], tags, lines) for words, tags, lines in raw]
     parsed = [[_parse_tag(t, path, n) for t, n in zip(tags, lines)] for _, tags, lines in raw]
     stats.scheme = scheme or _detect_scheme(parsed)
     sentences = []

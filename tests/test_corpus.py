@@ -411,3 +411,21 @@ def test_convert_file_refuses_what_would_lose_data(tmp_path):
     assert not (tmp_path / "e.spacy").exists()
     with pytest.raises(ValueError, match="cannot create the output folder"):
         convert_file(path, path / "sub" / "out.spacy")
+
+
+def test_pan_x_language_prefix_removed_only_when_every_word_has_it(tmp_path):
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, "de:Angela\tB-PER\nde:Merkel\tI-PER\n\nde:in\tO\n"), VOCAB, stats=stats)
+    assert [d.text for d in docs] == ["Angela Merkel", "in"] and ents(docs[0]) == [("Angela Merkel", "PER")]
+    assert stats.language_prefix == "de:"
+    stats = ConllStats()
+    docs = conll_to_docs(write(tmp_path, "de:Angela\tB-PER\nhttp:x\tO\n"), VOCAB, stats=stats)
+    assert docs[0].text == "de:Angela http:x" and stats.language_prefix == ""
+
+
+def test_cli_max_columns(tmp_path):
+    path = write(tmp_path, "a 1 2 3 4 5 B-PER\n")
+    assert "7 columns: expected 2 to 5" in run_cli(path, tmp_path / "a.spacy").stdout
+    result = run_cli(path, tmp_path / "a.spacy", "--max-columns", "7")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [ents(d) for d in DocBin().from_disk(tmp_path / "a.spacy").get_docs(VOCAB)] == [[("a", "PER")]]
