@@ -8,6 +8,7 @@ contproto_app = typer.Typer(
     name="contproto",
     help="ContProto: cross-lingual span NER by contrastive self-training with prototypes.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # reflows the docstrings' paragraphs in --help
 )
 
 
