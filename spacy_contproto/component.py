@@ -9,6 +9,7 @@ import numpy
 import srsly
 import torch
 from spacy import util
+from spacy.attrs import ENT_IOB, IS_SPACE
 from spacy.errors import Errors
 from spacy.language import Language
 from spacy.pipeline.trainable_pipe import TrainablePipe
@@ -176,8 +177,10 @@ class SpanContProto(TrainablePipe):
         if self.model.get_ref("span_head").has_dim("nO"):
             # the head's output layer is sized at initialize; a late label would break update and loading
             raise ValueError(
-                f"{self.name}: cannot add label {label!r} after initialize(); pass every label to "
-                f"initialize ([initialize.components.{self.name}.labels]) and train again"
+                f"{self.name}: cannot add label {label!r} to an initialized component (its output "
+                "layer is sized); build the pipeline anew from its config with every label "
+                f"([initialize.components.{self.name}.labels], or labels found in the training "
+                "data) and train it again"
             )
         self.cfg["labels"].append(label)
         self.vocab.strings.add(label)
@@ -345,14 +348,26 @@ class SpanContProto(TrainablePipe):
             offset += n_spans
             best = doc_probs.argmax(axis=1) if n_spans else numpy.zeros(0, dtype=int)
             is_entity = best != OUTSIDE
+            if n_spans:
+                # as spaCy's ner: no entity starts (or, here, ends) on a whitespace token
+                is_space = doc.to_array(IS_SPACE).astype(bool)
+                is_entity &= ~is_space[doc_spans[:, 0]] & ~is_space[doc_spans[:, 1] - 1]
             cand_spans = doc_spans[is_entity]
             cand_labels = best[is_entity]
             cand_scores = doc_probs[is_entity][numpy.arange(len(cand_labels)), cand_labels]
-            keep = decode_non_overlapping(cand_spans, cand_scores, len(doc))
-            doc.ents = [
+            # entities already on the Doc (an entity_ruler before this component, or set by
+            # hand) are kept, as spaCy's ner keeps them; new ones only go around them
+            preset = list(doc.ents)
+            free = numpy.ones(len(cand_spans), dtype=bool)
+            if preset:
+                free = ~spans_touching(cand_spans, numpy.isin(doc.to_array(ENT_IOB), (1, 3)))
+            keep = numpy.zeros(len(cand_spans), dtype=bool)
+            keep[free] = decode_non_overlapping(cand_spans[free], cand_scores[free], len(doc))
+            new = [
                 Span(doc, int(s), int(e), label=class_names[c])
                 for (s, e), c in zip(cand_spans[keep], cand_labels[keep])
             ]
+            doc.ents = sorted(preset + new, key=lambda span: span.start)
             group = SpanGroup(
                 doc,
                 name=self.spans_key,
@@ -424,7 +439,15 @@ class SpanContProto(TrainablePipe):
     def get_loss(
         self, examples: Iterable[Example], outputs: SpanOutputs
     ) -> Tuple[float, SpanGradients]:
-        """The weighted sum of the enabled losses and its gradient (see _compute_losses)."""
+        """The weighted sum of the enabled losses and its gradient (see _compute_losses).
+        outputs: the training forward pass's (``self.model.begin_update(docs)``)."""
+        if not isinstance(outputs, SpanOutputs):
+            raise TypeError(
+                f"{self.name}.get_loss takes the SpanOutputs of the training forward pass "
+                f"(self.model.begin_update(docs)), got {type(outputs).__name__}: predict's "
+                "probabilities lack the views and projections the losses need; to score "
+                "predictions use nlp.evaluate"
+            )
         result = self._compute_losses(list(examples), outputs)
         return result.total, result.grads
 

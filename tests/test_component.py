@@ -5,7 +5,7 @@ import numpy
 import pytest
 import spacy
 from seqeval.metrics import f1_score, precision_score, recall_score
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from thinc.api import Ragged
 
@@ -147,6 +147,34 @@ def test_set_annotations_decodes_overlaps_by_probability(initialized_nlp):
     assert group.attrs["scores"].tolist() == pytest.approx([0.9, 0.95, 0.6, 0.3, 0.8])
 
 
+def test_set_annotations_keeps_preset_entities_and_skips_whitespace_edges(initialized_nlp):
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    labels = pipe.labels
+    doc = Doc(initialized_nlp.vocab, words=["a", "b", "\n", "d", "e"])
+    doc.ents = [Span(doc, 4, 5, "LOC")]  # e.g. from an entity_ruler before the component
+    spans = numpy.array([[0, 2], [1, 3], [2, 4], [3, 5], [3, 4]], dtype="i")
+    per, org = labels.index("PER") + 1, labels.index("ORG") + 1
+    probs = numpy.full((5, len(labels) + 1), 0.0, dtype="f")
+    probs[0, per] = 0.9
+    probs[1, org] = 0.95  # ends on the whitespace token
+    probs[2, per] = 0.97  # starts on it
+    probs[3, org] = 0.99  # overlaps the preset entity
+    probs[4, per] = 0.5
+    for row in probs:
+        row[row == 0] = (1 - row.sum()) / (row == 0).sum()
+    pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([5], "i")), probs))
+    assert [(e.start, e.end, e.label_) for e in doc.ents] == [(0, 2, "PER"), (3, 4, "PER"), (4, 5, "LOC")]
+    assert [(s.start, s.end, s.label_) for s in doc.spans["contproto"]] == [(0, 2, "PER"), (3, 5, "ORG"), (3, 4, "PER")]
+
+
+def test_get_loss_refuses_predict_output_clearly(initialized_nlp):
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    doc = initialized_nlp.make_doc("Anna lives in Paris .")
+    eg = Example(doc, doc.copy())
+    with pytest.raises(TypeError, match="get_loss takes the SpanOutputs of the training forward pass"):
+        pipe.get_loss([eg], pipe.predict(list(initialized_nlp.pipe([doc.copy()], disable=["span_contproto"]))))
+
+
 def test_initialize_warns_about_unreachable_entities(tiny_encoder):
     vocab = spacy.blank("xx").vocab
     docs = synthetic_docs(vocab, 10, seed=4)
@@ -216,7 +244,7 @@ def test_adding_a_label_after_initialize_is_a_clear_error(tiny_encoder):
     nlp = build_initialized(tiny_encoder, synthetic_docs(spacy.blank("xx").vocab, 10, seed=3))
     pipe = nlp.get_pipe("span_contproto")
     assert pipe.add_label("PER") == 0  # known labels stay a no-op
-    with pytest.raises(ValueError, match="cannot add label 'NEW' after initialize"):
+    with pytest.raises(ValueError, match="cannot add label 'NEW' to an initialized component.*build the pipeline anew"):
         pipe.add_label("NEW")
     assert "NEW" not in pipe.labels
 
