@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -702,9 +703,12 @@ def report(args) -> None:
         lines.append("No runs yet.")
     else:
         m = everything[0]["machine"]
+        platforms = sorted({r["machine"]["platform"] for r in everything})
         gpu_note = ("GPU: see the GPU section at the end." if gpu_lines else
                     "GPU: none was available to this work, so the GPU config (configs/contproto_gpu.cfg) is untested on a GPU.")
-        lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, no GPU. {gpu_note}",
+        machine = (f"Machine: {platforms[0]}" if len(platforms) == 1 else
+                   f"Machines (the same kind; the platform string changed between sessions): {', '.join(platforms)}")
+        lines += [f"{machine}, {m['cpu_count']} CPU cores, no GPU. {gpu_note}",
                   "", "Micro-F1 on the full target test set, every gold entity counted (spaCy's scorer; seqeval agrees "
                   "to 0.01 unless noted). Paper numbers: XLM-R large, full data, 10 epochs, mean of 3 runs; not "
                   "comparable in absolute terms. Each protocol is fixed for all of its runs; compare rows within one "
@@ -923,7 +927,7 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
                 row.append(f"{values[0]:+.2f} (1 pair)" if values else "")
                 continue
             above = sum(v > 0 for v in values)
-            row.append(f"{statistics.mean(values):+.2f} (sd {statistics.stdev(values):.2f}; "
+            row.append(f"{mean_2dp(values):+.2f} (sd {statistics.stdev(values):.2f}; "
                        f"{above} of {len(values)} pairs above 0)")
         rows.append((name, row))
     return difference_table("Differences at the same seed, the pairs of "
@@ -954,6 +958,13 @@ def difference_table(title: str, rows: List[Tuple[str, List[str]]], langs: List[
             *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows)]
 
 
+def mean_2dp(values: List[float]) -> Decimal:
+    """The mean of the values as shown (2 decimals), rounded half up (away from zero) to 2
+    decimals: in binary floating point a mean such as 57.205 is 57.20499... and rounds down."""
+    exact = sum(Decimal(f"{v:.2f}") for v in values) / len(values)
+    return exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
 def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
     """One F1 cell from (seed, F1) pairs in seed order: the score, or the mean over seeds followed by
     each seed's score; seeds are named unless they are 0, 1, ... in order. signed: for differences."""
@@ -963,7 +974,7 @@ def f1_cell(scores: List[Tuple[int, float]], signed: bool = False) -> str:
     if len(scores) == 1:
         return number.format(f1[0]) + (f" (seed {seeds[0]})" if named else "")
     each = [f"seed {s}: {number.format(x)}" if named else number.format(x) for s, x in scores]
-    return f"{number.format(statistics.mean(f1))} ({', '.join(each)})"
+    return f"{number.format(mean_2dp(f1))} ({', '.join(each)})"
 
 
 def method_label(run: dict) -> str:
