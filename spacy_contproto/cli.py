@@ -131,8 +131,7 @@ def convert_corpus_command(
     per_label = ", ".join(f"{label} {n}" for label, n in sorted(stats.entities.items())) or "none"
     msg.info(
         f"{input_path}: encoding {stats.encoding}, separator {stats.separator}, scheme {stats.scheme}, "
-        f"{stats.documents} "
-        f"-DOCSTART- line(s), columns {dict(sorted(stats.columns.items()))}"
+        f"{stats.documents} -DOCSTART- line(s), columns {dict(sorted(stats.columns.items()))}"
     )
     msg.info(f"Entities in the file: {stats.n_entities} ({per_label})")
     if not unlabelled and not stats.n_entities:

@@ -245,18 +245,19 @@ def _split_sentences(
         words, tags, lines = [], [], []
 
     text_lines = _lines(text, path)
-    token_lines = [line for line in text_lines if _is_token_line(line)]
+    is_token = [_is_token_line(line) for line in text_lines]
+    token_lines = [line for line, token in zip(text_lines, is_token) if token]
     tab_separated = bool(token_lines) and all("\t" in line for line in token_lines)
     stats.separator = "tab" if tab_separated else "space/tab"
     separator = _TAB_SEPARATOR if tab_separated else _SEPARATOR
     expected = f"{min_columns} to {max_columns} columns, the word first" + (
         " and the NER tag last" if tagged else " (and the NER tag last, if any)"
     )
-    for number, line in enumerate(text_lines, start=1):
+    for number, (line, token) in enumerate(zip(text_lines, is_token), start=1):
         if not line:
             close()
             continue
-        if not _is_token_line(line):
+        if not token:
             close()
             stats.documents += 1
             continue

@@ -349,6 +349,20 @@ def _precompiled_charsmap(tokenizer: dict) -> bytes:
     return b""
 
 
+def _unigram_model(tokenizer: dict, where: Union[str, Path] = "tokenizer.json") -> dict:
+    """tokenizer.json's model, checked to be a Unigram (SentencePiece) model with [piece, score] entries."""
+    model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
+    kind = model.get("type") if isinstance(model, dict) else None
+    if kind != "Unigram":
+        raise EncoderConversionError(
+            f"{where} has a {kind or 'missing'} tokenizer model, expected the Unigram "
+            "(SentencePiece) model of multilingual-e5-small"
+        )
+    if not all(isinstance(entry, (list, tuple)) and len(entry) == 2 for entry in model.get("vocab") or []):
+        raise EncoderConversionError(f"{where}: the Unigram vocabulary is not a list of [piece, score]")
+    return model
+
+
 def build_sentencepiece_model(tokenizer: dict) -> bytes:
     """A ``sentencepiece.bpe.model`` (serialised ModelProto) equivalent to tokenizer.json.
 
@@ -357,9 +371,7 @@ def build_sentencepiece_model(tokenizer: dict) -> bytes:
     ``<unk> <s> </s>`` at 0..2 followed by the normal pieces (HF ids 4 .. n-2)."""
     from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-    model = tokenizer.get("model") or {}
-    if model.get("type") != "Unigram":
-        raise EncoderConversionError(f"tokenizer.json has a {model.get('type')} model, expected Unigram")
+    model = _unigram_model(tokenizer)
     vocab = [(piece, float(score)) for piece, score in model["vocab"]]
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     if [p for p, _ in vocab[:4]] != specials or vocab[-1][0] != "<mask>":
@@ -445,16 +457,7 @@ def convert_e5_small(
         raise EncoderConversionError(f"{tokenizer_json}: not a UTF-8 text file (a tokenizer.json?)") from None
     except json.JSONDecodeError as err:
         raise EncoderConversionError(f"{tokenizer_json}: not valid JSON ({err})") from None
-    tok_model = tokenizer.get("model") if isinstance(tokenizer, dict) else None
-    if not isinstance(tok_model, dict) or tok_model.get("type") != "Unigram":
-        kind = tok_model.get("type") if isinstance(tok_model, dict) else None
-        raise EncoderConversionError(
-            f"{tokenizer_json} has a {kind or 'missing'} tokenizer model, expected the Unigram "
-            "(SentencePiece) model of multilingual-e5-small"
-        )
-    vocab = tok_model.get("vocab") or []
-    if not all(isinstance(entry, (list, tuple)) and len(entry) == 2 for entry in vocab):
-        raise EncoderConversionError(f"{tokenizer_json}: the Unigram vocabulary is not a list of [piece, score]")
+    vocab = _unigram_model(tokenizer, tokenizer_json).get("vocab") or []
     tok_pieces = [piece for piece, _ in vocab]
     if tok_pieces != model.pieces:
         raise EncoderConversionError(

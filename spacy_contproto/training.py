@@ -73,10 +73,8 @@ class SelfTrainingCorpus:
         for name, value in (("max_length", max_length), ("limit", limit), ("target_limit", target_limit)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {value}")
-        source_path = ensure_path(source)
-        if source_path is None or not source_path.exists():
+        if source is None or not ensure_path(source).exists():
             raise ValueError(f"source corpus {source} does not exist")
-        self.source_path = source_path
         self.source = Corpus(source, max_length=max_length, limit=limit)
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source
@@ -133,7 +131,7 @@ class SelfTrainingCorpus:
                 owed -= 1.0
         if n_source == 0:
             raise ValueError(
-                f"source corpus {self.source_path} holds no Examples (spaCy reads only files ending "
+                f"source corpus {self.source.path} holds no Examples (spaCy reads only files ending "
                 "in .spacy, also inside a folder; with max_length, every Doc may be longer)"
             )
         if n_target < len(targets) and not self.warned_unused_targets:

@@ -122,22 +122,29 @@ def test_empty_whitespace_and_entity_free_docs(trained_teacher):
     assert len(nlp("").spans["contproto"]) == 0
 
 
+def span_probabilities(n_classes, peaks):
+    """One row per span: probability p for class c, the rest shared evenly by the other classes."""
+    probs = numpy.zeros((len(peaks), n_classes), dtype="f")
+    for row, (c, p) in zip(probs, peaks):
+        row[:] = (1 - p) / (n_classes - 1)
+        row[c] = p
+    return probs
+
+
 def test_set_annotations_decodes_overlaps_by_probability(initialized_nlp):
     pipe = initialized_nlp.get_pipe("span_contproto")
     labels = pipe.labels
     doc = Doc(initialized_nlp.vocab, words=["a", "b", "c", "d", "e"])
     spans = numpy.array([[0, 2], [1, 3], [2, 4], [4, 5], [0, 1], [3, 4]], dtype="i")
-    n_classes = len(labels) + 1
-    probs = numpy.full((6, n_classes), 0.0, dtype="f")
     per, org = labels.index("PER") + 1, labels.index("ORG") + 1
-    probs[0, per] = 0.9  # overlaps the better [1,3]
-    probs[1, org] = 0.95
-    probs[2, per] = 0.6  # overlaps [1,3]
-    probs[3, org] = 0.3
-    probs[4, per] = 0.8
-    probs[5, 0] = 0.99  # "O" wins: not an entity
-    for row in probs:
-        row[row == 0] = (1 - row.sum()) / (row == 0).sum()
+    probs = span_probabilities(len(labels) + 1, [
+        (per, 0.9),  # overlaps the better [1,3]
+        (org, 0.95),
+        (per, 0.6),  # overlaps [1,3]
+        (org, 0.3),
+        (per, 0.8),
+        (0, 0.99),  # "O" wins: not an entity
+    ])
     pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([6], "i")), probs))
     assert [(e.start, e.end, e.label_) for e in doc.ents] == [(0, 1, "PER"), (1, 3, "ORG"), (4, 5, "ORG")]
     group = doc.spans["contproto"]
@@ -154,14 +161,13 @@ def test_set_annotations_keeps_preset_entities_and_skips_whitespace_edges(initia
     doc.ents = [Span(doc, 4, 5, "LOC")]  # e.g. from an entity_ruler before the component
     spans = numpy.array([[0, 2], [1, 3], [2, 4], [3, 5], [3, 4]], dtype="i")
     per, org = labels.index("PER") + 1, labels.index("ORG") + 1
-    probs = numpy.full((5, len(labels) + 1), 0.0, dtype="f")
-    probs[0, per] = 0.9
-    probs[1, org] = 0.95  # ends on the whitespace token
-    probs[2, per] = 0.97  # starts on it
-    probs[3, org] = 0.99  # overlaps the preset entity
-    probs[4, per] = 0.5
-    for row in probs:
-        row[row == 0] = (1 - row.sum()) / (row == 0).sum()
+    probs = span_probabilities(len(labels) + 1, [
+        (per, 0.9),
+        (org, 0.95),  # ends on the whitespace token
+        (per, 0.97),  # starts on it
+        (org, 0.99),  # overlaps the preset entity
+        (per, 0.5),
+    ])
     pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([5], "i")), probs))
     assert [(e.start, e.end, e.label_) for e in doc.ents] == [(0, 2, "PER"), (3, 4, "PER"), (4, 5, "LOC")]
     assert [(s.start, s.end, s.label_) for s in doc.spans["contproto"]] == [(0, 2, "PER"), (3, 5, "ORG"), (3, 4, "PER")]
