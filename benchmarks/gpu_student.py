@@ -286,7 +286,9 @@ def main() -> None:
            "--paths.quality_log", str(args.out / "quality.jsonl"), "--training.max_epochs", str(args.epochs),
            "--training.optimizer.learn_rate.total_steps", str(steps),
            "--training.optimizer.learn_rate.initial_rate", str(args.lr), "--components.span_contproto.prior_bias", "true",
-           "--training.eval_frequency", str(eval_frequency)]
+           "--training.eval_frequency", str(eval_frequency),
+           # re-tokenised English, as its protocol-2 teacher and the earlier GPU runs (dev_eval below too)
+           "--corpora.train.gold_preproc", "false", "--corpora.dev.gold_preproc", "false"]
     for key, value in reproduce.VARIANTS[args.variant].items():
         cmd += [f"--{key}", value]
     if args.limit:

@@ -195,7 +195,8 @@ def _convert_head_inputs(model: Model, X, is_train: bool):
 
 def _convert_head_outputs(model: Model, inputs_outputs, is_train: bool):
     _, outputs = inputs_outputs
-    # float32 out even under autocast: losses are computed in full precision
+    # SpanHead returns float32 under autocast too: the gradients below keep that dtype
+    # until Thinc's grad scaler has scaled them
     converted = tuple(torch2xp(t.float(), ops=model.ops) for t in outputs)
 
     def backprop(grads: Tuple[Optional[Floats2d], ...]) -> ArgsKwargs:

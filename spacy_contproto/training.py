@@ -52,11 +52,20 @@ class SelfTrainingCorpus:
     Target Docs beyond (source Docs x target_per_source) take no part in training;
     the reader warns when that happens.
 
-    max_length (tokens, 0 = no limit) bounds both sides: source Docs as spaCy's Corpus
-    does (split into sentences when they have boundaries, else skipped); target Docs
-    longer than it are left out, with a warning (their pseudo labels belong to the whole
-    Doc). A long Doc sets the memory of its whole batch: spacy-transformers pads every
-    window of a batch to the longest one (benchmarks/memory_windows.py)."""
+    gold_preproc (default True) keeps the source Docs' own tokens, as the target Docs and
+    the pseudo labels always keep theirs: with False, spaCy's Corpus re-tokenises the
+    source text with nlp's tokenizer (e.g. "Anglo-Dutch" becomes three tokens), so the
+    model would learn source spans over other token boundaries than the target spans it
+    is trained and evaluated on. With gold_preproc, source Docs are split into sentences
+    when they have boundaries.
+
+    max_length (tokens, 0 = no limit) bounds both sides: with gold_preproc, source
+    sentences and target Docs longer than it are left out (target Docs with a warning:
+    their pseudo labels belong to the whole Doc); without it, source Docs as spaCy's
+    Corpus does (a Doc of max_length tokens or more is split into sentences when it has
+    boundaries, else skipped). A long Doc sets the memory of its whole batch:
+    spacy-transformers pads every window of a batch to the longest one
+    (benchmarks/memory_windows.py)."""
 
     def __init__(
         self,
@@ -67,6 +76,7 @@ class SelfTrainingCorpus:
         max_length: int = 0,
         limit: int = 0,
         target_limit: int = 0,
+        gold_preproc: bool = True,
     ):
         if target_per_source < 0:
             raise ValueError(f"target_per_source must be >= 0, got {target_per_source}")
@@ -75,7 +85,10 @@ class SelfTrainingCorpus:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {value}")
         if source is None or not ensure_path(source).exists():
             raise ValueError(f"source corpus {source} does not exist")
-        self.source = Corpus(source, max_length=max_length, limit=limit)
+        # spaCy's Corpus ignores max_length with gold_preproc: __call__ applies it then
+        self.source = Corpus(source, max_length=0 if gold_preproc else max_length, limit=limit,
+                             gold_preproc=gold_preproc)
+        self.gold_preproc = gold_preproc
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source
         self.target_limit = target_limit
@@ -122,6 +135,8 @@ class SelfTrainingCorpus:
         owed = 0.0
         n_source = n_target = 0
         for example in self.source(nlp):
+            if self.gold_preproc and self.max_length > 0 and len(example.reference) > self.max_length:
+                continue
             yield example
             n_source += 1
             owed += self.target_per_source
@@ -156,10 +171,12 @@ def create_self_training_corpus(
     max_length: int = 0,
     limit: int = 0,
     target_limit: int = 0,
+    gold_preproc: bool = True,
 ) -> Callable[[Language], Iterable[Example]]:
     """Training corpus for ContProto: labelled source Docs (.spacy) mixed with
     pseudo-labelled target Docs (.spacy written by the pseudo-label command). Each of
-    source and target is a .spacy file or a folder of them, as for spacy.Corpus.v1."""
+    source and target is a .spacy file or a folder of them, as for spacy.Corpus.v1.
+    gold_preproc: keep the source Docs' tokens (True) or re-tokenise their text (False)."""
     for name, value in (("source", source), ("target", target)):
         if value is None:
             raise ValueError(
@@ -168,7 +185,7 @@ def create_self_training_corpus(
             )
     return SelfTrainingCorpus(
         source, target, target_per_source=target_per_source, max_length=max_length,
-        limit=limit, target_limit=target_limit,
+        limit=limit, target_limit=target_limit, gold_preproc=gold_preproc,
     )
 
 

@@ -54,6 +54,21 @@ def test_span_representation_pooled_and_outputs():
     assert torch.allclose(logits2, logits[:1])
 
 
+def test_span_head_outputs_float32_under_autocast():
+    """Thinc's grad scaler scales the gradients handed to backward, which take the
+    outputs' dtype: float16 outputs would round small gradients to 0 before scaling."""
+    head = make_head("pooled")
+    tokens = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.float16):
+        outputs = head(tokens, torch.tensor([0, 1, 4]), torch.tensor([1, 3, 5]))
+        assert head.classifier[-1](torch.randn(2, head.classifier[-1].in_features)).dtype == torch.float16
+    assert [o.dtype for o in outputs] == [torch.float32] * 3
+    logits = outputs[0]
+    scaled = torch.full_like(logits, 1e-8).to(logits.dtype) * 2.0**16  # model.py's cast, then the scaler
+    torch.autograd.backward([logits], [scaled])
+    assert head.classifier[-1].weight.grad.abs().sum() > 0
+
+
 def test_span_head_rejects_odd_first_last_width():
     with pytest.raises(ValueError, match="even width"):
         make_head("first_last", n_in=7)

@@ -1,5 +1,7 @@
 """The spaCy project: valid project.yml, and the whole workflow on a tiny model."""
+import importlib.util
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -9,6 +11,7 @@ import venv
 import pytest
 import spacy
 import srsly
+from spacy.tokens import Doc
 from weasel.schemas import ProjectConfigSchema, validate
 
 from .conftest import CONFIGS, REPO
@@ -122,3 +125,17 @@ def test_changed_script_reruns_its_step_only(project_run, tiny_encoder):
     result = run_all(project_run, tiny_encoder)
     skipped = re.findall(r"Skipping '([\w-]+)': nothing changed", result.stdout)
     assert skipped == [name for name in workflow if name != "report"], result.stdout[-3000:]
+
+
+def test_report_span_vectors_keep_every_gold_entity(trained_teacher):
+    """The t-SNE plot labels a gold entity the tokenizer would split ("Anglo-Dutch" is
+    three xx tokens) as the entity it is, not as "O"."""
+    spec = importlib.util.spec_from_file_location("project_report", PROJECT / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    nlp = spacy.load(trained_teacher)
+    label = nlp.get_pipe("span_contproto").labels[0]
+    words = ["The", "Anglo-Dutch", "group", "grew", "."]
+    gold = Doc(nlp.vocab, words=words, spaces=[True, True, True, False, False], ents=["O", f"B-{label}", "O", "O", "O"])
+    vectors, labels, classes = report.span_vectors(nlp, [gold], max_o=0, rng=random.Random(0))
+    assert [classes[i] for i in labels] == [label] and len(vectors) == 1

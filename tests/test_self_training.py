@@ -10,7 +10,7 @@ import numpy
 import pytest
 import spacy
 import torch
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
 from thinc.api import fix_random_seed
 
 from spacy_contproto.component import ORACLE_KEY
@@ -180,6 +180,33 @@ def test_reader_max_length_leaves_out_long_target_docs(synthetic_corpus, target_
     too_short = SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"], max_length=lengths[0] - 1)
     with pytest.raises(ValueError, match="All 60 target Docs .* longer than max_length"):
         list(too_short(nlp))
+
+
+def test_reader_keeps_source_tokens_unless_told(tmp_path, target_corpus):
+    """Source spans must sit on the same token boundaries as the target spans: the
+    tokenizer would split "Anglo-Dutch" where the corpus (and every target Doc) does not."""
+    nlp = spacy.blank("xx")
+    words = ["The", "Anglo-Dutch", "group", "merged", ".", "It", "grew", "."]
+    doc = Doc(nlp.vocab, words=words, spaces=[True] * len(words), sent_starts=[True, False, False, False, False, True, False, False],
+              ents=["O", "B-MISC", "O", "O", "O", "O", "O", "O"])
+    source = tmp_path / "source.spacy"
+    DocBin(docs=[doc]).to_disk(source)
+    kept = [eg for eg in SelfTrainingCorpus(source, target_corpus["pseudo_labelled"])(nlp)
+            if PAYLOAD_KEY not in eg.reference.user_data]
+    assert [[t.text for t in eg.predicted] for eg in kept] == [words[:5], words[5:]]  # one per sentence
+    assert [e.text for e in kept[0].reference.ents] == ["Anglo-Dutch"]
+    retokenised = [eg for eg in SelfTrainingCorpus(source, target_corpus["pseudo_labelled"], gold_preproc=False)(nlp)
+                   if PAYLOAD_KEY not in eg.reference.user_data]
+    assert [t.text for t in retokenised[0].predicted][:4] == ["The", "Anglo", "-", "Dutch"]
+    # max_length leaves out longer source sentences, as it leaves out longer target Docs
+    longest_target = max(len(d) for d in load(target_corpus["pseudo_labelled"], nlp.vocab))
+    long_words = ["word"] * (longest_target + 1) + ["."] + ["It", "grew", "."]
+    long_doc = Doc(nlp.vocab, words=long_words, spaces=[True] * len(long_words),
+                   sent_starts=[True] + [False] * (longest_target + 1) + [True, False, False])
+    DocBin(docs=[long_doc]).to_disk(source)
+    reader = SelfTrainingCorpus(source, target_corpus["pseudo_labelled"], max_length=longest_target)
+    short = [eg for eg in reader(nlp) if PAYLOAD_KEY not in eg.reference.user_data]
+    assert [[t.text for t in eg.predicted] for eg in short] == [["It", "grew", "."]]
 
 
 def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):

@@ -15,6 +15,7 @@ import typer  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
 from wasabi import msg  # noqa: E402
 
+from spacy_contproto.evaluation import same_tokens  # noqa: E402
 from spacy_contproto.spans import label_spans  # noqa: E402
 
 
@@ -49,15 +50,15 @@ def plot_quality(students: Path, langs, out: Path) -> bool:
 def span_vectors(nlp, docs, max_o: int, rng: random.Random):
     """Span vectors z of gold entity spans and a sample of "O" spans."""
     pipe = nlp.get_pipe("span_contproto")
-    work = [nlp.get_pipe("transformer")(nlp.make_doc(d.text)) if "transformer" in nlp.pipe_names
-            else nlp.make_doc(d.text) for d in docs]
+    inputs = [same_tokens(nlp, d) for d in docs]
+    work = [nlp.get_pipe("transformer")(doc) for doc in inputs] if "transformer" in nlp.pipe_names else inputs
     outputs = pipe.model.predict(work)
     vectors = pipe.model.ops.to_numpy(outputs.representations)
     labels, offset = [], 0
     index = {label: i + 1 for i, label in enumerate(pipe.labels)}
     for gold, pred, n in zip(docs, work, outputs.spans.lengths):
         spans = outputs.spans.data[offset: offset + n]
-        ents = [e for e in gold.ents if e.label_ in index and len(pred) == len(gold)]
+        ents = [e for e in gold.ents if e.label_ in index]
         labels.append(label_spans(spans, numpy.array([(e.start, e.end) for e in ents]).reshape(-1, 2),
                                   numpy.array([index[e.label_] for e in ents]), len(pred)))
         offset += n
