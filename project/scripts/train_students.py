@@ -7,6 +7,8 @@ from typing import List
 import typer
 from wasabi import msg
 
+from inputs import require
+
 
 def main(
     config: Path = typer.Argument(..., help="Student config, e.g. ../configs/contproto_cpu.cfg"),
@@ -19,7 +21,10 @@ def main(
     gpu_id: int = typer.Option(-1),
     overrides: List[str] = typer.Option([], "--override", help="Extra config overrides, key=value"),
 ) -> None:
-    for lang in [t for t in targets.split(",") if t]:
+    langs = [t for t in targets.split(",") if t]
+    require([(corpus / f"{source}_{split}.spacy", "corpus") for split in ("train", "dev")]
+            + [(pseudo / f"{lang}_train.pl.spacy", "pseudo-label") for lang in langs])
+    for lang in langs:
         out = students / lang
         cmd = [
             sys.executable, "-m", "spacy", "train", str(config), "--output", str(out),
