@@ -77,6 +77,10 @@ def test_workflow_all_produces_metrics_report_and_package(project_run):
 def test_packaged_wheel_installs_and_loads(project_run, tmp_path):
     wheels = list((project_run / "packages").glob("*/dist/*.whl"))
     assert len(wheels) == 1
+    # the package states its target test scores, not the source dev scores of training
+    packaged = srsly.read_json(next((project_run / "packages").glob("*/meta.json")))
+    test_f1 = srsly.read_json(project_run / "metrics" / "contproto-de.json")["ents_f"]
+    assert packaged["performance"]["ents_f"] == pytest.approx(test_f1, abs=1e-8)
     env = tmp_path / "venv"
     # a fresh environment; spaCy, torch and spacy-contproto come from this interpreter's site-packages
     venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env)
