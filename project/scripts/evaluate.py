@@ -48,11 +48,12 @@ def main(
                 msg.warn(f"{name} {lang}: spaCy F1 {result['ents_f']:.4f} != seqeval {result['seqeval']['f1']:.4f}")
             (metrics / f"{name}-{lang}.json").write_text(json.dumps(result, indent=2))
             msg.good(f"{name} on {lang} test: F1 {100 * result['ents_f']:.2f}")
-        # for `spacy package --meta-path`: the package states the target test scores, not the
-        # source dev scores that model-best's meta.json holds from training
+        # for `spacy package --meta-path`: the package states the student's target test scores,
+        # not the source dev scores that model-best's meta.json holds from training
+        student = json.loads((metrics / f"contproto-{lang}.json").read_text())
         package_meta = {"description": f"ContProto student for {lang}; performance: its {lang} test set "
-                                       f"({result['n_docs']} sentences, every gold entity counts)",
-                        "performance": {key: result[key] for key in ("ents_f", "ents_p", "ents_r", "ents_per_type")}}
+                                       f"({student['n_docs']} sentences, every gold entity counts)",
+                        "performance": {key: student[key] for key in ("ents_f", "ents_p", "ents_r", "ents_per_type")}}
         (metrics / f"package-meta-{lang}.json").write_text(json.dumps(package_meta, indent=2))
 
 
