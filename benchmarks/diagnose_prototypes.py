@@ -53,10 +53,10 @@ def decoding_counts(gold_doc, predicted_doc, spans: numpy.ndarray, logits: numpy
 def span_outputs(nlp, docs, batch_size: int = 64):
     """Gold class, classifier logits, projection and representation of every enumerated span,
     and the decoding counts (decoding_counts) summed over the docs."""
-    from spacy.tokens import Doc
     from spacy.training import Example
 
     from spacy_contproto.component import SpanProbabilities
+    from spacy_contproto.evaluation import same_tokens
 
     component = nlp.get_pipe("span_contproto")
     component.model.attrs["predict_projections"] = True
@@ -65,7 +65,7 @@ def span_outputs(nlp, docs, batch_size: int = 64):
     counts: Dict[str, int] = {}
     for i in range(0, len(docs), batch_size):
         batch = docs[i : i + batch_size]
-        words = (Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in batch)
+        words = (same_tokens(nlp, d) for d in batch)
         inputs = list(nlp.pipe(words, disable=["span_contproto"]))
         out = component.model.predict(inputs)
         gold, _, _ = component.gold_targets([Example(x, y) for x, y in zip(inputs, batch)], out.spans)

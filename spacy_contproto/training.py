@@ -17,6 +17,7 @@ from spacy.util import ensure_path, registry
 from wasabi import Printer
 
 from .component import ORACLE_KEY, SpanContProto
+from .evaluation import same_tokens
 from .pseudo_labels import PAYLOAD_KEY
 
 PSEUDO_LABEL_HINT = (
@@ -30,10 +31,7 @@ def target_example(nlp: Language, doc: Doc) -> Example:
     annotation in the reference (so no component can learn "no entities" from it),
     the pseudo labels in reference.user_data, and any gold entities moved aside
     under ORACLE_KEY for pseudo-label quality only."""
-    words = [t.text for t in doc]
-    spaces = [bool(t.whitespace_) for t in doc]
-    reference = Doc(nlp.vocab, words=words, spaces=spaces)
-    predicted = Doc(nlp.vocab, words=words, spaces=spaces)
+    reference, predicted = same_tokens(nlp, doc), same_tokens(nlp, doc)
     if doc.has_annotation("SENT_START"):
         for ref_token, pred_token, token in zip(reference, predicted, doc):
             ref_token.is_sent_start = pred_token.is_sent_start = token.is_sent_start
@@ -88,7 +86,6 @@ class SelfTrainingCorpus:
         # spaCy's Corpus ignores max_length with gold_preproc: __call__ applies it then
         self.source = Corpus(source, max_length=0 if gold_preproc else max_length, limit=limit,
                              gold_preproc=gold_preproc)
-        self.gold_preproc = gold_preproc
         self.target_path = ensure_path(target)
         self.target_per_source = target_per_source
         self.target_limit = target_limit
@@ -135,7 +132,7 @@ class SelfTrainingCorpus:
         owed = 0.0
         n_source = n_target = 0
         for example in self.source(nlp):
-            if self.gold_preproc and self.max_length > 0 and len(example.reference) > self.max_length:
+            if self.source.gold_preproc and self.max_length > 0 and len(example.reference) > self.max_length:
                 continue
             yield example
             n_source += 1
