@@ -246,6 +246,16 @@ def _forward(
             "span_contproto: views = \"encoder\" needs the component's own (embedded) "
             "transformer; with a listener to a shared transformer use views = \"head\"."
         )
+    if n_encoder_passes > 1 and is_train and any(
+        getattr(shim, "_mixed_precision", False) for node in tok2vec.walk() for shim in node.shims
+    ):
+        # Thinc's PyTorch shim unscales all accumulated parameter gradients at each backward
+        raise ValueError(
+            "span_contproto: views = \"encoder\" backpropagates through the embedded transformer twice per "
+            "update, which Thinc's grad scaler does not support under mixed precision (the second backward "
+            "would divide the first pass's gradients by the loss scale again); set the embedded "
+            "transformer's mixed_precision = false or use views = \"head\"."
+        )
     encoder_passes = [tok2vec(docs, is_train) for _ in range(n_encoder_passes)]
     features = encoder_passes[0][0]
     lengths = numpy.asarray([f.shape[0] for f in features], dtype=numpy.int64)
@@ -253,41 +263,43 @@ def _forward(
     span_offsets = numpy.repeat(doc_offsets, spans.lengths)
     starts = spans.data[:, 0] + span_offsets
     ends = spans.data[:, 1] + span_offsets
-    view_tokens, view_outputs, view_backprops = [], [], []
-    for view in range(n_views):
-        view_features = encoder_passes[min(view, n_encoder_passes - 1)][0]
-        tokens = ops.xp.concatenate([f for f in view_features if f.shape[0]], axis=0)
-        head_outputs, backprop_head = head((tokens, starts, ends, with_projection), is_train)
-        view_tokens.append(tokens)
-        view_outputs.append(head_outputs)
-        view_backprops.append(backprop_head)
-
-    def stack(i: int) -> Floats2d:
-        return view_outputs[0][i] if n_views == 1 else ops.xp.concatenate([o[i] for o in view_outputs])
-
+    n_spans = spans.data.shape[0]
+    # One head call for all views, the views' token rows stacked (spans of view v index
+    # block v): with mixed precision, Thinc's grad scaler divides every parameter's
+    # accumulated gradient at each backward, so a second head call's backward would
+    # wipe out the first view's share of the head's gradients.
+    view_tokens = [
+        ops.xp.concatenate([f for f in encoder_passes[min(view, n_encoder_passes - 1)][0] if f.shape[0]], axis=0)
+        for view in range(n_views)
+    ]
+    n_tokens = view_tokens[0].shape[0]
+    view_offsets = numpy.repeat(numpy.arange(n_views, dtype=numpy.int64) * n_tokens, n_spans)
+    head_inputs = (
+        view_tokens[0] if n_views == 1 else ops.xp.concatenate(view_tokens, axis=0),
+        numpy.tile(starts, n_views) + view_offsets,
+        numpy.tile(ends, n_views) + view_offsets,
+        with_projection,
+    )
+    head_outputs, backprop_head = head(head_inputs, is_train)
     outputs = SpanOutputs(
         spans=spans,
-        logits=stack(0),
-        representations=stack(1),
-        projections=stack(2) if with_projection else None,
+        logits=head_outputs[0],
+        representations=head_outputs[1],
+        projections=head_outputs[2] if with_projection else None,
         n_views=n_views,
     )
-    n_spans = spans.data.shape[0]
 
     def backprop(grads: SpanGradients) -> List[Doc]:
-        all_grads = [grads.d_logits, grads.d_representations]
+        head_grads = [grads.d_logits, grads.d_representations]
         if with_projection:
-            all_grads.append(grads.d_projections)
+            head_grads.append(grads.d_projections)
         d_tokens_per_pass = [None] * n_encoder_passes
-        for view in range(n_views):
-            head_grads = tuple(
-                None if g is None else g[view * n_spans : (view + 1) * n_spans] for g in all_grads
-            )
-            if all(g is None for g in head_grads):
-                continue
-            d_tokens = view_backprops[view](head_grads)
-            p = min(view, n_encoder_passes - 1)
-            d_tokens_per_pass[p] = d_tokens if d_tokens_per_pass[p] is None else d_tokens_per_pass[p] + d_tokens
+        if any(g is not None for g in head_grads):
+            d_tokens = backprop_head(tuple(head_grads))
+            for view in range(n_views):
+                d_view = d_tokens[view * n_tokens : (view + 1) * n_tokens]
+                p = min(view, n_encoder_passes - 1)
+                d_tokens_per_pass[p] = d_view if d_tokens_per_pass[p] is None else d_tokens_per_pass[p] + d_view
         split_at = numpy.cumsum(lengths)[:-1]
         result: List[Doc] = []
         for (pass_features, backprop_tok2vec), d_tokens in zip(encoder_passes, d_tokens_per_pass):

@@ -88,3 +88,75 @@ def test_per_token_first_layers_equal_the_concatenated_span_vector(mode):
     expected_projected = F.normalize(head.projection(z), dim=-1)
     assert torch.allclose(logits, expected_logits, atol=1e-5)
     assert torch.allclose(projected, expected_projected, atol=1e-5)
+
+
+def fixed_features_tok2vec(width=8, mixed_precision=False):
+    """A tok2vec giving each token a fixed random vector; with mixed_precision it holds a
+    PyTorch shim that claims mixed precision (as an embedded transformer's would)."""
+    from thinc.api import Model, PyTorchWrapper_v2
+
+    rng = numpy.random.RandomState(0)
+
+    def forward(model, docs, is_train):
+        return [model.ops.asarray2f(rng.randn(len(doc), width)) for doc in docs], lambda d: []
+
+    layers = [PyTorchWrapper_v2(torch.nn.Linear(1, 1), mixed_precision=True)] if mixed_precision else []
+    return Model("fixed_features", forward, layers=layers)
+
+
+def two_view_head_grads(monkeypatch, mixed_precision):
+    """The span head's parameter gradients after one two-view backward of ones into the logits."""
+    from spacy.tokens import Doc
+    from spacy.vocab import Vocab
+    from thinc.api import fix_random_seed
+    from thinc.shims.pytorch_grad_scaler import PyTorchGradScaler
+
+    from spacy_contproto.model import SpanGradients, build_span_contproto_model, span_head_module
+
+    # Thinc's grad scaler refuses CPU tensors; the scaling itself is a multiplication
+    monkeypatch.setattr(PyTorchGradScaler, "_scale_tensor",
+                        lambda self, t, per_device, inplace: t.mul_(self._scale) if inplace else t * self._scale)
+    fix_random_seed(0)
+    model = build_span_contproto_model(fixed_features_tok2vec(), token_features="pooled", dropout=0.0,
+                                       mixed_precision=mixed_precision)
+    model.get_ref("span_head").set_dim("nO", 3)
+    docs = [Doc(Vocab(), words=["a", "b", "c"]), Doc(Vocab(), words=["d", "e"])]
+    model.initialize(X=docs)
+    model.attrs["n_views"] = 2
+    outputs, backprop = model.begin_update(docs)
+    assert outputs.logits.shape[0] == 2 * outputs.spans.data.shape[0]
+    n = outputs.spans.data.shape[0]
+    assert numpy.allclose(outputs.logits[:n], outputs.logits[n:])  # no dropout: equal views
+    backprop(SpanGradients(d_logits=numpy.ones_like(outputs.logits)))
+    return {name: p.grad.clone() for name, p in span_head_module(model).named_parameters() if p.grad is not None}
+
+
+def test_two_views_keep_both_views_head_gradients_under_mixed_precision(monkeypatch):
+    """Thinc's grad scaler divides all accumulated parameter gradients at each backward: with
+    one head call per view, the first view's gradients were divided by the loss scale twice."""
+    plain = two_view_head_grads(monkeypatch, mixed_precision=False)
+    scaled = two_view_head_grads(monkeypatch, mixed_precision=True)
+    bias = "classifier.3.bias"
+    # 2 docs: 6 + 3 spans, each view's d_logits of ones
+    assert plain[bias].tolist() == [18.0, 18.0, 18.0]
+    assert plain.keys() == scaled.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], scaled[name], rtol=1e-3, atol=1e-4), name
+
+
+def test_encoder_views_refuse_a_mixed_precision_embedded_encoder():
+    from spacy.tokens import Doc
+    from spacy.vocab import Vocab
+
+    from spacy_contproto.model import build_span_contproto_model
+
+    model = build_span_contproto_model(fixed_features_tok2vec(mixed_precision=True), token_features="pooled")
+    model.get_ref("span_head").set_dim("nO", 3)
+    docs = [Doc(Vocab(), words=["a", "b", "c"])]
+    model.initialize(X=docs)
+    model.attrs.update(n_views=2, view_source="encoder")
+    with pytest.raises(ValueError, match="mixed_precision = false"):
+        model.begin_update(docs)
+    model.attrs["view_source"] = "head"
+    outputs, _ = model.begin_update(docs)
+    assert outputs.n_views == 2
