@@ -202,6 +202,8 @@ class SpanContProto(TrainablePipe):
         sample, and, when the examples include target Docs with pseudo labels, the
         pseudo-label store for self-training."""
         validate_get_examples(get_examples, "SpanContProto.initialize")
+        if nlp is not None:
+            _check_accumulation_and_mixed_precision(nlp)
         if self.model.get_ref("span_head").attrs["mixed_precision"] and not isinstance(self.model.ops, CupyOps):
             raise ValueError(
                 f"{self.name}: mixed_precision = true needs a GPU (spacy train --gpu-id N); on CPU set "
@@ -701,3 +703,30 @@ class LossResult:
     target_rows: torch.Tensor  # spans of target Docs
     target_ids: List[str]  # ids of the target Docs, in batch order
     pseudo: torch.Tensor  # pseudo labels of the target spans (rows of target_rows)
+
+
+def _sets_mixed_precision(config) -> bool:
+    if isinstance(config, dict):
+        return config.get("mixed_precision") is True or any(_sets_mixed_precision(v) for v in config.values())
+    return False
+
+
+def _check_accumulation_and_mixed_precision(nlp: Language) -> None:
+    """Thinc's PyTorch shim unscales every accumulated parameter gradient at each backward,
+    so with accumulate_gradient > 1 all sub-batches but the last would lose their gradients."""
+    training = nlp.config.get("training", {})
+    accumulate = training.get("accumulate_gradient", 1)
+    if not isinstance(accumulate, int) or accumulate <= 1:
+        return
+    frozen = set(training.get("frozen_components", []))
+    mixed = [
+        name for name, config in nlp.config.get("components", {}).items()
+        if name not in frozen and _sets_mixed_precision(config)
+    ]
+    if mixed:
+        raise ValueError(
+            f"[training] accumulate_gradient = {accumulate} with mixed precision in {', '.join(mixed)}: Thinc's "
+            "grad scaler divides every accumulated gradient by the loss scale at each backward, so the gradients "
+            "of all sub-batches but the last would be lost. Set accumulate_gradient = 1 (use a smaller "
+            "[training.batcher] size to save memory) or mixed_precision = false."
+        )

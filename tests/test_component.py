@@ -388,3 +388,21 @@ def test_prior_bias_starts_a_fresh_head_at_the_weighted_class_frequencies(tiny_e
     plain = build_initialized(tiny_encoder, docs).get_pipe("span_contproto")
     plain_bias = span_head_module(plain.model).classifier[-1].bias.detach().numpy()
     assert not numpy.allclose(plain_bias, bias, atol=0.1)
+
+
+@pytest.mark.parametrize("component", ["span_contproto", "transformer"])
+def test_accumulating_gradients_under_mixed_precision_is_a_clear_error(tiny_encoder, component):
+    """Thinc's grad scaler unscales all accumulated gradients at each backward: every
+    sub-batch but the last would lose its gradients."""
+    docs = synthetic_docs(spacy.blank("xx").vocab, 5, seed=3)
+    mixed = {f"components.{component}.model.mixed_precision": True}
+    with pytest.raises(ValueError, match="accumulate_gradient = 2 with mixed precision in " + component):
+        build_initialized(tiny_encoder, docs, **{"training.accumulate_gradient": 2}, **mixed)
+    # a frozen component does not backpropagate
+    if component == "transformer":
+        nlp = build_initialized(tiny_encoder, docs, **{"training.accumulate_gradient": 2,
+                                                       "training.frozen_components": ["transformer"]}, **mixed)
+        assert nlp.get_pipe("span_contproto").labels
+    # one backward per update is fine
+    if component == "transformer":
+        assert build_initialized(tiny_encoder, docs, **mixed).get_pipe("span_contproto").labels
