@@ -410,6 +410,7 @@ class SpanContProto(TrainablePipe):
             return losses
         if self.state is None:
             self.state = self._new_state()
+        self.state.begin_training()
         self.model.attrs["n_views"] = self.settings.n_views
         self.model.attrs["view_source"] = self._view_source()
         outputs, backprop = self.model.begin_update([eg.predicted for eg in examples])

@@ -95,6 +95,7 @@ class PseudoLabelStore:
     ):
         self.classes = list(classes)
         self.directory = directory
+        self._remove_temporary: Optional[weakref.finalize] = None
         self._labels = labels
         self._ids = list(ids)
         lengths = numpy.asarray(lengths, dtype=numpy.int64)
@@ -145,7 +146,7 @@ class PseudoLabelStore:
         store = cls(classes, ids, lengths, labels, directory)
         if temporary:
             # nothing outside this store knows the folder: it goes when the store does
-            weakref.finalize(store, shutil.rmtree, str(directory), ignore_errors=True)
+            store._remove_temporary = weakref.finalize(store, shutil.rmtree, str(directory), ignore_errors=True)
         if directory is not None:
             store.flush()
         return store
@@ -230,6 +231,30 @@ class PseudoLabelStore:
             raise ValueError(f"{len(rows)} rows given for {offset} spans")
 
     # persistence ----------------------------------------------------------------
+
+    def relocate(self, directory: Union[str, Path]) -> None:
+        """Keep the store in `directory` from now on (replacing a store there), e.g. once
+        training starts: a store built by nlp.initialize() alone (spacy debug data, init
+        pipeline) must not replace the refined labels of an earlier run."""
+        directory = Path(directory)
+        if self.directory is not None and directory.resolve() == self.directory.resolve():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.memory_mapped:
+            n_rows, n_classes = self._labels.shape
+            base = self._labels if isinstance(self._labels, numpy.memmap) else self._labels.base
+            base.flush()
+            tmp = directory / "labels.f16.tmp"
+            shutil.copyfile(base.filename, tmp)
+            os.replace(tmp, directory / "labels.f16")
+            self._labels = numpy.memmap(
+                directory / "labels.f16", dtype=FLOAT16, mode="r+", shape=(max(n_rows, 1), n_classes)
+            )[:n_rows]
+        self.directory = directory
+        self.flush()
+        if self._remove_temporary is not None:
+            self._remove_temporary()
+            self._remove_temporary = None
 
     def flush(self) -> None:
         """Write labels, index and meta to the folder (no-op without one)."""

@@ -31,16 +31,16 @@ class SelfTrainingState:
         self.step = 0
         self.epoch_known = False
         self._warned_no_epochs = False
+        self.training_started = False
 
     # pseudo labels ------------------------------------------------------------
 
     def build_store(self, entries: Dict[str, numpy.ndarray], oracle: Dict[str, OracleEntry]) -> None:
         s = self.settings
-        self.store = PseudoLabelStore.create(
-            entries, self.class_names, s.store_dir, max_ram_bytes=s.store_max_ram_mb * (1 << 20)
-        )
+        # in memory or a temporary folder until training starts (begin_training)
+        self.store = PseudoLabelStore.create(entries, self.class_names, None, max_ram_bytes=s.store_max_ram_mb * (1 << 20))
         self.oracle = oracle
-        self.log_quality(epoch=0)
+        self.training_started = False
         if s.prototypes and 0 < s.max_epochs < s.warmup_epochs + 2:
             # a span's label refined in epoch e is first read back in epoch e + 1
             warnings.warn(
@@ -50,12 +50,30 @@ class SelfTrainingState:
                 f"Train for at least warmup_epochs + 2 = {s.warmup_epochs + 2} epochs."
             )
 
+    def begin_training(self) -> None:
+        """At the first update: the store moves to store_dir and the quality log starts
+        afresh with the teacher's labels (epoch 0). Not at initialize, so that commands
+        that only initialize (spacy debug data, init pipeline) leave an earlier run's
+        refined labels and log alone, and a rerun's log holds that run only."""
+        if self.training_started or self.store is None:
+            return
+        self.training_started = True
+        s = self.settings
+        if s.store_dir is not None:
+            self.store.relocate(s.store_dir)
+        if s.quality_log is not None and Path(s.quality_log).exists():
+            Path(s.quality_log).unlink()
+        self.log_quality(epoch=0)
+
     def pseudo_labels(self, doc_ids: Sequence[str]) -> numpy.ndarray:
         if self.store is None:
             raise ValueError(
-                "span_contproto got target-language Docs in training, but was initialized "
-                "without any: give the training corpus reader the target Docs "
-                "(spacy_contproto.SelfTrainingCorpus.v1) so nlp.initialize() sees them."
+                "span_contproto got target-language Docs in training but has no pseudo-label store: "
+                "either nlp.initialize() saw no target Docs (give the training corpus reader the target "
+                "Docs, spacy_contproto.SelfTrainingCorpus.v1), or the component was sourced from a trained "
+                "pipeline (`source =` in the config, or spacy.load): spaCy does not initialize a sourced "
+                "component, so it never reads the target Docs' pseudo labels. For self-training, source "
+                "the transformer only and let span_contproto initialize, as configs/contproto_cpu.cfg does."
             )
         return self.store.gather(doc_ids)
 

@@ -153,8 +153,9 @@ def contproto_settings(
         margins of the first refinement epoch, from the warm-up epoch's statistics
         ("previous_epoch", eq. 11 read literally) or 0 (published code).
     warmup_epochs: epochs without refinement. store_dir: folder for the refined labels
-        (null: memory, or a temporary folder past store_max_ram_mb). quality_log: JSONL
-        file for the oracle P/R/F1 of the pseudo labels per epoch (needs target gold)."""
+        (null: memory, or a temporary folder past store_max_ram_mb), written from the
+        first update on. quality_log: JSONL file for the oracle P/R/F1 of the pseudo
+        labels per epoch (needs target gold), started afresh at the first update."""
     return ContProtoSettings(**{k: v for k, v in locals().items()})
 
 

@@ -95,3 +95,23 @@ def test_store_errors(tmp_path):
         PseudoLabelStore.open(tmp_path / "s")
     with pytest.raises(ValueError, match="not a pseudo-label store"):
         PseudoLabelStore.open(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("max_ram_bytes", [1 << 20, 10])
+def test_store_relocates_into_a_folder(tmp_path, max_ram_bytes):
+    entries = random_entries()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "meta.json").write_text("an earlier run's store")
+    store = PseudoLabelStore.create(entries, CLASSES, max_ram_bytes=max_ram_bytes)
+    temporary = store.directory
+    assert (tmp_path / "store" / "meta.json").read_text() == "an earlier run's store"
+    store.relocate(tmp_path / "store")
+    assert store.directory == tmp_path / "store" and store.memory_mapped == (max_ram_bytes == 10)
+    if temporary is not None:
+        assert not temporary.exists()  # the temporary copy is gone at once
+    store.set("doc2", numpy.tile([[0.0, 0.0, 1.0]], (len(entries["doc2"]), 1)))
+    store.flush()  # later writes reach the new folder
+    reopened = PseudoLabelStore.open(tmp_path / "store")
+    assert reopened.ids() == list(entries)
+    assert numpy.array_equal(reopened.get("doc2"), store.get("doc2"))
+    assert numpy.allclose(reopened.get("doc0"), entries["doc0"], atol=1e-3)

@@ -14,7 +14,7 @@ from spacy.tokens import Doc, DocBin
 from thinc.api import fix_random_seed
 
 from spacy_contproto.component import ORACLE_KEY
-from spacy_contproto.pseudo_labels import PAYLOAD_KEY, decode_payload, encode_payload
+from spacy_contproto.pseudo_labels import PAYLOAD_KEY, PseudoLabelStore, decode_payload, encode_payload
 from spacy_contproto.training import SelfTrainingCorpus
 
 from .conftest import CONFIGS, spacy_train_cmd
@@ -256,6 +256,41 @@ def test_refinement_only_after_warmup(tiny_encoder, synthetic_corpus, target_cor
     for losses in history:
         assert set(losses) == {"transformer", *pipe.loss_names}
         assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_store_and_quality_log_written_from_the_first_update_on(tmp_path, tiny_encoder, synthetic_corpus,
+                                                                 target_corpus):
+    """Initializing alone (spacy debug data, init pipeline) leaves an earlier run's refined
+    labels and log alone; a training run starts the log afresh."""
+    store, quality = tmp_path / "store", tmp_path / "quality.jsonl"
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"],
+                        **{"paths.pseudo_label_store": str(store), "paths.quality_log": str(quality)})
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    train_steps(nlp, examples, optimizer, epochs=2, steps_per_epoch=2)
+    refined = PseudoLabelStore.open(store)
+    earlier_labels, earlier_log = refined.gather(refined.ids()), quality.read_text()
+    assert [json.loads(line)["epoch"] for line in earlier_log.splitlines()] == [0, 1]
+    refined.scatter(refined.ids(), numpy.eye(refined.n_rows, len(refined.classes), dtype="f"))
+    refined.flush()  # stands for labels that refinement moved
+    earlier_labels = refined.gather(refined.ids())
+
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"],
+                        **{"paths.pseudo_label_store": str(store), "paths.quality_log": str(quality)})
+    examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
+    assert numpy.array_equal(PseudoLabelStore.open(store).gather(refined.ids()), earlier_labels)
+    assert quality.read_text() == earlier_log
+    train_steps(nlp, examples, optimizer, epochs=1, steps_per_epoch=1)
+    teacher_labels = nlp.get_pipe("span_contproto").state.store.gather(refined.ids())
+    assert numpy.array_equal(PseudoLabelStore.open(store).gather(refined.ids()), teacher_labels)
+    assert [json.loads(line)["epoch"] for line in quality.read_text().splitlines()] == [0]
+
+
+def test_self_training_a_sourced_component_is_a_clear_error(trained_teacher, synthetic_corpus, target_corpus):
+    """spaCy does not initialize a sourced (or loaded) component: it has no pseudo-label store."""
+    nlp = spacy.load(trained_teacher)
+    examples = list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["pseudo_labelled"])(nlp))
+    with pytest.raises(ValueError, match="source the transformer only"):
+        nlp.update(examples[:8], sgd=nlp.create_optimizer())
 
 
 def permuted_gold_target(path, out, vocab):

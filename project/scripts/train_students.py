@@ -39,7 +39,6 @@ def main(
         for item in overrides:
             key, _, value = item.partition("=")
             cmd += [f"--{key}", value]
-        (out / "pseudo_label_quality.jsonl").unlink(missing_ok=True)
         msg.info(f"Training the {lang} student")
         if subprocess.run(cmd).returncode != 0:
             msg.fail(f"Training the {lang} student failed", exits=1)
