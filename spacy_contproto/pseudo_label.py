@@ -4,6 +4,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+import numpy
+from spacy.attrs import SENT_START
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.util import minibatch
@@ -48,7 +50,12 @@ def pseudo_label_docs(
         probs = pipe.model.ops.to_numpy(predictions.probabilities)
         ids = stable_doc_ids([[t.text for t in doc] for doc in batch], seen)
         offset = 0
-        for doc, doc_id, n_spans in zip(batch, ids, predictions.spans.lengths):
+        for doc, worked, doc_id, n_spans in zip(batch, work, ids, predictions.spans.lengths):
+            # spans were enumerated within the sentences the earlier components (e.g. a
+            # sentencizer) set: the Doc must keep them for its labels to line up in training
+            sent_starts = worked.to_array([SENT_START])
+            if not numpy.array_equal(sent_starts, doc.to_array([SENT_START])):
+                doc.from_array([SENT_START], sent_starts)
             doc.user_data[PAYLOAD_KEY] = encode_payload(
                 doc_id, probs[offset : offset + n_spans], pipe.class_names, pipe.max_span_length
             )

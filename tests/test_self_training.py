@@ -94,6 +94,20 @@ def test_pseudo_label_command_writes_documented_payload(tmp_path, trained_teache
     assert ids == [d.user_data[PAYLOAD_KEY]["id"] for d in load(target_corpus["pseudo_labelled"], vocab)]
 
 
+def test_pseudo_labelled_docs_keep_the_sentences_their_spans_were_enumerated_in(trained_teacher):
+    from spacy_contproto.model import doc_spans
+    from spacy_contproto.pseudo_label import pseudo_label_docs
+
+    nlp = spacy.load(trained_teacher)
+    nlp.add_pipe("sentencizer", before="span_contproto")
+    doc = Doc(nlp.vocab, words="Anna lives in Berlin . Paul works in Rome .".split())
+    assert not doc.has_annotation("SENT_START")
+    [labelled] = pseudo_label_docs(nlp, [doc])
+    _, probs, _, max_len = decode_payload(labelled.user_data[PAYLOAD_KEY])
+    assert len(list(labelled.sents)) == 2
+    assert probs.shape[0] == len(doc_spans([labelled], max_len).data) == 2 * (4 + 4 + 3 + 2 + 1)  # not 34 over one 10-token sentence
+
+
 def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
     def pseudo_label(*options):
         return subprocess.run(
