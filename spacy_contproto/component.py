@@ -204,6 +204,7 @@ class SpanContProto(TrainablePipe):
         validate_get_examples(get_examples, "SpanContProto.initialize")
         if nlp is not None:
             _check_accumulation_and_mixed_precision(nlp)
+        self.settings.warn_about_training()
         if self.model.get_ref("span_head").attrs["mixed_precision"] and not isinstance(self.model.ops, CupyOps):
             raise ValueError(
                 f"{self.name}: mixed_precision = true needs a GPU (spacy train --gpu-id N); on CPU set "
@@ -226,7 +227,9 @@ class SpanContProto(TrainablePipe):
         self._check_labels(examples)
         self._warn_unreachable([eg for eg in examples if not is_target(eg)])
         head = self.model.get_ref("span_head")
-        head.set_dim("nO", len(self.labels) + 1)
+        # initialize starts afresh, as it does for the transformer and spaCy's own components
+        head._layers = []
+        head.set_dim("nO", len(self.labels) + 1, force=True)
         sample = [eg.x for eg in examples if len(eg.x)][:64]
         self.model.initialize(X=sample)
         self.cfg["token_width"] = head.get_dim("nI")

@@ -78,6 +78,10 @@ class ContProtoSettings:
             raise ValueError(f"quality_log must be a file path (JSONL), got the folder {self.quality_log}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    def warn_about_training(self) -> None:
+        """Settings that train without error but cannot do what they are meant to (warned
+        when the component is initialized for training, not each time a model loads)."""
         if self.prototypes and self.margin == "fixed" and self.fixed_margin >= 1.0:
             warnings.warn(
                 f"contproto fixed_margin = {self.fixed_margin}: a cosine similarity never exceeds 1, so "

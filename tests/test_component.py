@@ -3,6 +3,7 @@ import sys
 
 import numpy
 import pytest
+import torch
 import spacy
 from seqeval.metrics import f1_score, precision_score, recall_score
 from spacy.tokens import Doc, DocBin, Span
@@ -10,7 +11,7 @@ from spacy.training import Example
 from thinc.api import Ragged
 
 from spacy_contproto.component import SpanProbabilities
-from spacy_contproto.model import doc_spans
+from spacy_contproto.model import doc_spans, span_head_module
 from spacy_contproto.testing import as_seqeval, synthetic_docs
 
 from .conftest import CONFIGS
@@ -406,3 +407,16 @@ def test_accumulating_gradients_under_mixed_precision_is_a_clear_error(tiny_enco
     # one backward per update is fine
     if component == "transformer":
         assert build_initialized(tiny_encoder, docs, **mixed).get_pipe("span_contproto").labels
+
+
+def test_initialize_again_starts_the_span_head_afresh(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 5, seed=3)
+    nlp = build_initialized(tiny_encoder, docs)
+    head = span_head_module(nlp.get_pipe("span_contproto").model)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.fill_(0.123)
+    examples = [Example(nlp.make_doc(d.text), d) for d in docs]
+    nlp.initialize(lambda: examples)
+    fresh = span_head_module(nlp.get_pipe("span_contproto").model)
+    assert not all(torch.all(p == 0.123) for p in fresh.parameters())

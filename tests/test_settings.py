@@ -33,21 +33,23 @@ def test_settings_reject_paths_of_the_wrong_kind(tmp_path):
 
 def test_fixed_margin_no_cosine_can_pass_warns():
     with pytest.warns(UserWarning, match="never exceeds 1"):
-        ContProtoSettings(margin="fixed", fixed_margin=1.0)
+        ContProtoSettings(margin="fixed", fixed_margin=1.0).warn_about_training()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ContProtoSettings(margin="fixed", fixed_margin=0.8)
-        ContProtoSettings(margin="class", fixed_margin=1.0)  # fixed_margin unused
-        ContProtoSettings(margin="fixed", prototypes=False)
+        ContProtoSettings(margin="fixed", fixed_margin=1.0)  # loading a model: no training ahead
+        ContProtoSettings(margin="fixed", fixed_margin=0.8).warn_about_training()
+        ContProtoSettings(margin="class", fixed_margin=1.0).warn_about_training()  # fixed_margin unused
+        ContProtoSettings(margin="fixed", prototypes=False).warn_about_training()
 
 
 def test_prototypes_on_an_untrained_projection_warn():
     with pytest.warns(UserWarning, match="only the contrastive loss trains"):
-        ContProtoSettings(contrastive_loss=False)
+        ContProtoSettings(contrastive_loss=False).warn_about_training()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ContProtoSettings(contrastive_loss=False, prototype_space="representation")  # proto w/o cl
-        ContProtoSettings(contrastive_loss=False, prototypes=False)  # vanilla self-training
+        ContProtoSettings(contrastive_loss=False)
+        ContProtoSettings(contrastive_loss=False, prototype_space="representation").warn_about_training()
+        ContProtoSettings(contrastive_loss=False, prototypes=False).warn_about_training()  # vanilla
 
 
 def margins_by_epoch(first_margin: str, warmup_epochs: int = 1, epochs: int = 4):
