@@ -238,7 +238,36 @@ class SpanContProto(TrainablePipe):
         self.state = self._new_state()
         targets = [eg for eg in examples if is_target(eg)]
         if targets:
+            if nlp is not None:
+                self._check_training_config(nlp)
             self._build_store(targets)
+
+    def _check_training_config(self, nlp: Language) -> None:
+        """[training] settings that self-training cannot work with, or that leave part of
+        it silently undone."""
+        training = _training_config(nlp)
+        max_epochs = training.get("max_epochs")
+        if max_epochs == -1:
+            # spaCy then initializes on the stream's first 100 Examples: the pseudo-label
+            # store would lack the later target Docs
+            raise ValueError(
+                f"{self.name}: self-training needs [training] max_epochs >= 0; with -1 spaCy streams the "
+                "corpus and initializes on its first 100 Examples only, so the pseudo labels of the "
+                "other target Docs would never be read. Bound training with max_steps instead."
+            )
+        if isinstance(max_epochs, int) and max_epochs > 0 and max_epochs != self.settings.max_epochs:
+            warnings.warn(
+                f"{self.name}: contproto max_epochs = {self.settings.max_epochs}, but [training] "
+                f"max_epochs = {max_epochs}; the beta schedule and the refinement checks use the former. "
+                "Set [components.span_contproto.contproto] max_epochs = ${training.max_epochs}."
+            )
+        logger = (training.get("logger") or {}).get("@loggers")
+        if self.settings.quality_log is not None and logger not in (None, "spacy_contproto.ConsoleLogger.v1"):
+            warnings.warn(
+                f"{self.name}: the last epoch's pseudo-label quality is logged when training ends by "
+                f"spacy_contproto.ConsoleLogger.v1, and [training.logger] is {logger}: quality_log will "
+                "miss its last row."
+            )
 
     def _set_prior_bias(self, examples: List[Example]) -> None:
         spans = doc_spans([eg.predicted for eg in examples], self.max_span_length)
@@ -709,6 +738,14 @@ class LossResult:
     pseudo: torch.Tensor  # pseudo labels of the target spans (rows of target_rows)
 
 
+def _training_config(nlp: Language) -> dict:
+    """nlp's [training] block, its variables resolved where they can be."""
+    try:
+        return dict(nlp.config.interpolate().get("training", {}))
+    except Exception:  # e.g. a variable that only `spacy train` overrides fills
+        return dict(nlp.config.get("training", {}))
+
+
 def _sets_mixed_precision(config) -> bool:
     if isinstance(config, dict):
         return config.get("mixed_precision") is True or any(_sets_mixed_precision(v) for v in config.values())
@@ -718,7 +755,7 @@ def _sets_mixed_precision(config) -> bool:
 def _check_accumulation_and_mixed_precision(nlp: Language) -> None:
     """Thinc's PyTorch shim unscales every accumulated parameter gradient at each backward,
     so with accumulate_gradient > 1 all sub-batches but the last would lose their gradients."""
-    training = nlp.config.get("training", {})
+    training = _training_config(nlp)
     accumulate = training.get("accumulate_gradient", 1)
     if not isinstance(accumulate, int) or accumulate <= 1:
         return

@@ -46,7 +46,8 @@ class SelfTrainingCorpus:
     ``target_per_source`` target Docs after each source Doc on average (the target
     Docs are cycled when there are fewer of them). One pass over the source corpus
     is one epoch. spaCy's training loop shuffles the Examples of an epoch before
-    batching, so a batch holds about as many target as source Docs, not exactly.
+    batching (max_epochs >= 0; span_contproto refuses the streaming max_epochs = -1),
+    so a batch holds about as many target as source Docs, not exactly.
     Target Docs beyond (source Docs x target_per_source) take no part in training;
     the reader warns when that happens.
 
@@ -206,6 +207,12 @@ def learn_rate_ends_early(training: Dict[str, Any], steps_per_epoch: int) -> Opt
     )
 
 
+def trained_contproto_pipes(nlp: Language) -> List[SpanContProto]:
+    """The span_contproto components being trained (a frozen one keeps its state)."""
+    frozen = set(nlp.config.get("training", {}).get("frozen_components", []))
+    return [proc for name, proc in nlp.pipeline if isinstance(proc, SpanContProto) and name not in frozen]
+
+
 @registry.callbacks("spacy_contproto.training_schedule.v1")
 def create_training_schedule() -> Callable[[Language, Dict[str, Any]], None]:
     """[training.before_update] callback: tells span_contproto components the epoch
@@ -216,9 +223,8 @@ def create_training_schedule() -> Callable[[Language, Dict[str, Any]], None]:
     def before_update(nlp: Language, args: Dict[str, Any]) -> None:
         nonlocal checked
         epoch, step = int(args["epoch"]), int(args["step"])
-        for _, proc in nlp.pipeline:
-            if isinstance(proc, SpanContProto):
-                proc.set_training_state(epoch=epoch, step=step)
+        for proc in trained_contproto_pipes(nlp):
+            proc.set_training_state(epoch=epoch, step=step)
         if epoch >= 1 and not checked:
             checked = True
             message = learn_rate_ends_early(nlp.config.interpolate()["training"], step // epoch)
@@ -319,9 +325,8 @@ def create_console_logger(
                 stream.flush()
 
         def finalize() -> None:
-            for _, proc in nlp.pipeline:
-                if isinstance(proc, SpanContProto):
-                    proc.finish_training()
+            for proc in trained_contproto_pipes(nlp):
+                proc.finish_training()
             if stream is not None:
                 stream.close()
 

@@ -307,6 +307,37 @@ def test_self_training_a_sourced_component_is_a_clear_error(trained_teacher, syn
         nlp.update(examples[:8], sgd=nlp.create_optimizer())
 
 
+def test_training_config_checks(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
+    target = target_corpus["pseudo_labelled"]
+    # streaming: spaCy initializes on the first 100 Examples, the store would miss later target Docs
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target, **{"training.max_epochs": -1})
+    with pytest.raises(ValueError, match="max_epochs >= 0"):
+        initialize(nlp, synthetic_corpus, target)
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target, **{
+        "training.max_epochs": 3, "components.span_contproto.contproto.max_epochs": 5})
+    with pytest.warns(UserWarning, match=r"contproto max_epochs = 5, but \[training\] max_epochs = 3"):
+        initialize(nlp, synthetic_corpus, target)
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target, **{
+        "paths.quality_log": str(tmp_path / "q.jsonl"), "training.logger": {"@loggers": "spacy.ConsoleLogger.v3"}})
+    with pytest.warns(UserWarning, match="quality_log will miss its last row"):
+        initialize(nlp, synthetic_corpus, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        initialize(contproto_nlp(tiny_encoder, synthetic_corpus, target,
+                                 **{"paths.quality_log": str(tmp_path / "q.jsonl")}), synthetic_corpus, target)
+
+
+def test_a_frozen_span_contproto_keeps_its_training_state(tiny_encoder, synthetic_corpus, target_corpus):
+    from spacy_contproto.training import trained_contproto_pipes
+
+    target = target_corpus["pseudo_labelled"]
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target)
+    assert trained_contproto_pipes(nlp) == [nlp.get_pipe("span_contproto")]
+    frozen = contproto_nlp(tiny_encoder, synthetic_corpus, target,
+                           **{"training.frozen_components": ["span_contproto"]})
+    assert trained_contproto_pipes(frozen) == []
+
+
 def permuted_gold_target(path, out, vocab):
     """The same target Docs and pseudo labels with different gold entities."""
     docs = list(DocBin(store_user_data=True).from_disk(path).get_docs(vocab))
