@@ -202,8 +202,9 @@ class SpanContProto(TrainablePipe):
         sample, and, when the examples include target Docs with pseudo labels, the
         pseudo-label store for self-training."""
         validate_get_examples(get_examples, "SpanContProto.initialize")
+        training = _training_config(nlp) if nlp is not None else None
         if nlp is not None:
-            _check_accumulation_and_mixed_precision(nlp)
+            _check_accumulation_and_mixed_precision(nlp, training)
         self.settings.warn_about_training()
         if self.model.get_ref("span_head").attrs["mixed_precision"] and not isinstance(self.model.ops, CupyOps):
             raise ValueError(
@@ -238,14 +239,13 @@ class SpanContProto(TrainablePipe):
         self.state = self._new_state()
         targets = [eg for eg in examples if is_target(eg)]
         if targets:
-            if nlp is not None:
-                self._check_training_config(nlp)
+            if training is not None:
+                self._check_training_config(training)
             self._build_store(targets)
 
-    def _check_training_config(self, nlp: Language) -> None:
+    def _check_training_config(self, training: Dict[str, Any]) -> None:
         """[training] settings that self-training cannot work with, or that leave part of
         it silently undone."""
-        training = _training_config(nlp)
         max_epochs = training.get("max_epochs")
         if max_epochs == -1:
             # spaCy then initializes on the stream's first 100 Examples: the pseudo-label
@@ -752,10 +752,10 @@ def _sets_mixed_precision(config) -> bool:
     return False
 
 
-def _check_accumulation_and_mixed_precision(nlp: Language) -> None:
+def _check_accumulation_and_mixed_precision(nlp: Language, training: Dict[str, Any]) -> None:
     """Thinc's PyTorch shim unscales every accumulated parameter gradient at each backward,
-    so with accumulate_gradient > 1 all sub-batches but the last would lose their gradients."""
-    training = _training_config(nlp)
+    so with accumulate_gradient > 1 all sub-batches but the last would lose their gradients
+    (training: nlp's [training] block, from _training_config)."""
     accumulate = training.get("accumulate_gradient", 1)
     if not isinstance(accumulate, int) or accumulate <= 1:
         return
