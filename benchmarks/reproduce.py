@@ -603,10 +603,15 @@ def student(args, lang: str, variant: str) -> None:
     if usage_file.exists() and (out / "model-last").exists():
         usage = json.loads(usage_file.read_text())
         print(f"{lang}:{variant} already trained ({usage_file}); recording it")
+        # the note given when it trained says what ran beside it; this one only when it was recorded
+        if args.note and args.note != usage.get("run_note"):
+            usage["recorded_note"] = args.note
     else:
         usage_file.unlink(missing_ok=True)
         quality.unlink(missing_ok=True)
         usage = run_measured(cmd, logs / f"{name}.log")
+        if args.note:
+            usage["run_note"] = args.note
         write_json(usage_file, usage)
     model = out / "model-best"
     store_bytes = sum(f.stat().st_size for f in store.glob("*")) if store.exists() else None
@@ -626,8 +631,7 @@ def student(args, lang: str, variant: str) -> None:
               "store_bytes": store_bytes,
               "store_label_bytes_per_target_sentence": round(labels.stat().st_size / n_target, 1)
               if labels.exists() else None,
-              "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd,
-              **({"run_note": args.note} if args.note else {})}
+              "manifest": json.loads((corpus / "manifest.json").read_text()), "command": cmd}
     write_json(run_json(args, lang, variant, seed, tag), result)
     print(f"{variant} {lang}: F1 {result['test']['f1']}")
 
