@@ -34,13 +34,14 @@ def pseudo_label_command(
     import spacy
     from wasabi import msg
 
-    from .pseudo_label import pseudo_label_file
+    from .pseudo_label import pseudo_label_file, read_target_docbin
 
     try:
+        targets = read_target_docbin(input_path)  # a wrong input fails before the teacher loads
         if gpu_id >= 0:
             spacy.require_gpu(gpu_id)
         nlp = spacy.load(teacher)
-        n = pseudo_label_file(nlp, input_path, output_path, component=component, batch_size=batch_size)
+        n = pseudo_label_file(nlp, targets, output_path, component=component, batch_size=batch_size)
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)
     msg.good(f"Pseudo-labelled {n} Docs -> {output_path}")
@@ -120,6 +121,12 @@ def convert_corpus_command(
         msg.fail(str(err), exits=1)
     if stats.stray_i:
         msg.warn(stats.stray_i_message())
+    if stats.spaces_look_like_separators:
+        msg.warn(
+            f"{stats.words_with_space} of {stats.tokens} words hold a space: every token line has a tab, so "
+            "the file was read as tab-separated and spaces were kept inside words. Are its columns "
+            "joined by spaces and tabs? Then make the separators all tabs or all spaces"
+        )
     if stats.language_prefix:
         msg.info(f"Every word started with {stats.language_prefix!r} (XTREME PAN-X style): removed")
     if unlabelled:

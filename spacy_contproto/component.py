@@ -288,6 +288,7 @@ class SpanContProto(TrainablePipe):
         entries: Dict[str, numpy.ndarray] = {}
         oracle: Dict[str, OracleEntry] = {}
         label_index = self._label_indices()
+        unknown_gold: Counter = Counter()
         for eg in targets:
             doc_id, probs, spans = self._read_payload(eg)
             if doc_id in entries:
@@ -295,10 +296,18 @@ class SpanContProto(TrainablePipe):
             entries[doc_id] = probs
             gold = eg.reference.user_data.get(ORACLE_KEY)
             if gold is not None:
-                known = [(s, e, label_index[l]) for s, e, l in gold if l in label_index]
-                gold_spans = numpy.asarray([(s, e) for s, e, _ in known], dtype=numpy.int64).reshape(-1, 2)
-                gold_labels = numpy.asarray([c for _, _, c in known], dtype=numpy.int64)
+                unknown_gold.update(l for _, _, l in gold if l not in label_index)
+                # a label the component lacks gets class -1: never predicted, so a miss (as in evaluation)
+                gold_spans = numpy.asarray([(s, e) for s, e, _ in gold], dtype=numpy.int64).reshape(-1, 2)
+                gold_labels = numpy.asarray([label_index.get(l, -1) for _, _, l in gold], dtype=numpy.int64)
                 oracle[doc_id] = (spans, gold_spans, gold_labels)
+        if unknown_gold:
+            detail = ", ".join(f"{label}: {n}" for label, n in sorted(unknown_gold.items()))
+            warnings.warn(
+                f"{self.name}: the target gold kept for the pseudo-label quality log has "
+                f"{sum(unknown_gold.values())} entities with labels the component does not have "
+                f"({detail}); they count as misses in the log's recall."
+            )
         assert self.state is not None
         self.state.build_store(entries, oracle)
 

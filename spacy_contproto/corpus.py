@@ -5,7 +5,9 @@ The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, Wik
 - one token per line, 2 to 5 columns separated by runs of spaces and/or tabs; the word is
   the FIRST column and the NER tag the LAST (columns in between, e.g. POS, chunk or lemma,
   are ignored). When every token line holds a tab (TSV, e.g. WikiANN), only tabs separate
-  columns, so a word holding a space (``New York<TAB>B-LOC``) is kept whole. Only ASCII space
+  columns, so a word holding a space (``New York<TAB>B-LOC``) is kept whole (counted in
+  ``ConllStats.words_with_space``; the CLI warns when most words hold one, as in columns joined
+  by spaces and tabs). Only ASCII space
   and tab separate columns: other Unicode whitespace (no-break space, U+3000, ...) is part of
   a token. Unlabelled data (``unlabelled=True`` without ``keep_gold``) may have one column,
   the word only. Lines end in ``\\n`` or ``\\r\\n`` (a file whose only line break is
@@ -18,7 +20,9 @@ The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, Wik
   the bytes are not valid UTF-8, Latin-1 -- Windows-1252 when the file has bytes 0x80-0x9f,
   control characters in Latin-1; or the ``encoding`` you name. A file that is not valid UTF-8
   but holds UTF-8 characters elsewhere is refused (a damaged UTF-8 file would otherwise turn
-  every one of its accented letters into two Latin-1 characters).
+  every one of its accented letters into two Latin-1 characters). Refused without a named
+  encoding: a compressed file (gzip, zip, a ``.spacy`` DocBin) and a file with NUL bytes
+  (binary, or UTF-16 without a byte-order mark: name ``utf-16-le``/``-be``).
 - a language prefix on every word (XTREME's PAN-X files: ``de:Angela``) is removed, and
   named in ``ConllStats.language_prefix``; a file where some words lack it is read as is.
 - tag schemes: IOB2 (every entity starts with ``B-``), IOB1 (``I-`` starts an entity; ``B-``
@@ -113,6 +117,12 @@ class ConllStats:
     entities: Counter = field(default_factory=Counter)  # label -> entities (in the file)
     stray_i_lines: List[int] = field(default_factory=list)  # IOB2 I-X read as B-X
     language_prefix: str = ""  # "de:" when every word had it (XTREME PAN-X) and it was removed
+    words_with_space: int = 0  # tab-separated files keep spaces inside words
+
+    @property
+    def spaces_look_like_separators(self) -> bool:
+        """Most words of a tab-separated file hold a space: columns joined by both (``paste``)?"""
+        return self.separator == "tab" and self.words_with_space > self.tokens / 2
 
     @property
     def n_entities(self) -> int:
@@ -145,6 +155,7 @@ class ConllStats:
             "stray_i": self.stray_i,
             "stray_i_lines": list(self.stray_i_lines),
             "language_prefix": self.language_prefix,
+            "words_with_space": self.words_with_space,
         }
 
 
@@ -162,6 +173,24 @@ def _line_of(data: bytes, offset: int) -> int:
     return data[:offset].count(b"\n") + 1
 
 
+# gzip, zlib (what a .spacy DocBin is), zip: none of them starts a text file
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x78\x01", b"\x78\x9c", b"\x78\xda", b"PK\x03\x04")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _refuse_binary(data: bytes, path: str) -> None:
+    if data.startswith(_COMPRESSED_MAGIC):
+        raise ValueError(
+            f"{path}: a compressed or binary file (a .spacy DocBin, a .gz or .zip?), not CoNLL/TSV "
+            "text: decompress a .gz or .zip first (a .spacy file is converted already)"
+        )
+    if b"\x00" in data and not data.startswith(_UTF16_BOMS):
+        raise ValueError(
+            f"{path}: NUL bytes: a binary file, or UTF-16 text without a byte-order mark "
+            "(name the encoding: --encoding utf-16-le or utf-16-be)"
+        )
+
+
 def _decode(data: bytes, path: str, encoding: Optional[str]) -> Tuple[str, str]:
     if encoding is not None:
         try:
@@ -172,8 +201,15 @@ def _decode(data: bytes, path: str, encoding: Optional[str]) -> Tuple[str, str]:
             raise ValueError(
                 f"{path}:{_line_of(data, err.start)}: not valid {encoding} ({err.reason})"
             ) from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16"), "utf-16"
+    _refuse_binary(data, path)
+    if data.startswith(_UTF16_BOMS):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path}: starts with a UTF-16 byte-order mark but is not valid UTF-16 ({err.reason} "
+                f"at byte {err.start}): a truncated file?"
+            ) from None
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as err:
@@ -225,7 +261,8 @@ def _lines(text: str, path: str) -> List[str]:
 
 
 def _is_token_line(line: str) -> bool:
-    return bool(line) and line.split(maxsplit=1)[0] != DOCSTART
+    # split as the columns are: a line of other Unicode whitespace (no-break space) is a word
+    return bool(line) and _SEPARATOR.split(line, maxsplit=1)[0] != DOCSTART
 
 
 def _split_sentences(
@@ -275,6 +312,7 @@ def _split_sentences(
                 "a token holding a space, or a broken line?)"
             )
         stats.columns[len(columns)] += 1
+        stats.words_with_space += " " in columns[0]
         words.append(columns[0])
         tags.append(columns[-1] if len(columns) > 1 else "O")
         lines.append(number)
@@ -519,3 +557,19 @@ def convert_file(
         raise ValueError(f"cannot create the output folder {output_path.parent}: {err.strerror or err}") from None
     DocBin(docs=docs, store_user_data=True).to_disk(output_path)
     return stats
+
+
+def read_docbin(path: Union[str, Path], *, store_user_data: bool = False) -> DocBin:
+    """A .spacy file's DocBin; a ValueError naming the file when it is not one (a CoNLL file
+    given where converted Docs are expected gets the command that converts it)."""
+    path = Path(path)
+    try:
+        return DocBin(store_user_data=store_user_data).from_disk(path)
+    except ValueError as err:
+        if "E1014" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} is not a .spacy file (a spaCy DocBin). Convert a CoNLL/TSV file with "
+            f"`python -m spacy_contproto convert-corpus {path} OUTPUT.spacy` (add --unlabelled for "
+            "target-language text)"
+        ) from None

@@ -2,7 +2,7 @@
 target Docs, stored with each Doc (format: pseudo_labels.py)."""
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy
 from spacy.attrs import SENT_START
@@ -11,6 +11,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.util import minibatch
 
 from .component import SpanContProto
+from .corpus import read_docbin
 from .pseudo_labels import PAYLOAD_KEY, encode_payload, stable_doc_ids
 
 
@@ -63,14 +64,22 @@ def pseudo_label_docs(
             yield doc
 
 
-def pseudo_label_file(
-    nlp: Language, input_path: Path, output_path: Path, *, component: Optional[str] = None,
-    batch_size: int = 64, progress: bool = True,
-) -> int:
-    """Pseudo-label the Docs of a .spacy file into another; returns the number of Docs."""
-    doc_bin = DocBin(store_user_data=True).from_disk(input_path)
+def read_target_docbin(input_path: Path) -> DocBin:
+    """The target Docs to pseudo-label; a ValueError for a file that is not a .spacy file or
+    holds no Docs (the CLI reads them before it loads the teacher)."""
+    doc_bin = read_docbin(input_path, store_user_data=True)
     if not len(doc_bin):
         raise ValueError(f"{input_path} holds no Docs: nothing to pseudo-label")
+    return doc_bin
+
+
+def pseudo_label_file(
+    nlp: Language, input_path: Union[Path, DocBin], output_path: Path, *, component: Optional[str] = None,
+    batch_size: int = 64, progress: bool = True,
+) -> int:
+    """Pseudo-label the Docs of a .spacy file (or its DocBin, read by read_target_docbin) into
+    another .spacy file; returns the number of Docs."""
+    doc_bin = input_path if isinstance(input_path, DocBin) else read_target_docbin(input_path)
     docs = doc_bin.get_docs(nlp.vocab)
     labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)
     if progress:

@@ -72,8 +72,9 @@ class SelfTrainingState:
                 "either nlp.initialize() saw no target Docs (give the training corpus reader the target "
                 "Docs, spacy_contproto.SelfTrainingCorpus.v1), or the component was sourced from a trained "
                 "pipeline (`source =` in the config, or spacy.load): spaCy does not initialize a sourced "
-                "component, so it never reads the target Docs' pseudo labels. For self-training, source "
-                "the transformer only and let span_contproto initialize, as configs/contproto_cpu.cfg does."
+                "component, so it never reads the target Docs' pseudo labels. For self-training, let "
+                "span_contproto initialize (configs/contproto_cpu.cfg builds it afresh); to start from a "
+                "teacher, source the transformer only."
             )
         return self.store.gather(doc_ids)
 

@@ -10,13 +10,14 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, 
 
 import srsly
 from spacy.language import Language
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import Doc
 from spacy.training import Corpus, Example
 from spacy.training.corpus import walk_corpus
 from spacy.util import ensure_path, registry
 from wasabi import Printer
 
 from .component import ORACLE_KEY, SpanContProto
+from .corpus import read_docbin
 from .evaluation import same_tokens
 from .pseudo_labels import PAYLOAD_KEY
 
@@ -99,7 +100,7 @@ class SelfTrainingCorpus:
             raise ValueError(f"target corpus {path} does not exist")
         # a folder as spaCy's Corpus reads one: its .spacy files, sorted, recursively
         files = walk_corpus(path, ".spacy") if path.is_dir() else [path]
-        all_docs = (doc for file in files for doc in DocBin().from_disk(file).get_docs(nlp.vocab))
+        all_docs = (doc for file in files for doc in read_docbin(file).get_docs(nlp.vocab))
         docs = list(islice(all_docs, self.target_limit or None))
         if not docs:
             raise ValueError(

@@ -1,4 +1,5 @@
 """CoNLL/TSV -> .spacy conversion (spacy_contproto/corpus.py) on small files written here."""
+import gzip
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import spacy
 import srsly
 from spacy.tokens import DocBin
 
-from spacy_contproto.corpus import ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, read_conll
+from spacy_contproto.corpus import (
+    ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, read_conll, read_docbin,
+)
+from spacy_contproto.training import SelfTrainingCorpus
 
 VOCAB = spacy.blank("xx").vocab
 
@@ -429,3 +433,62 @@ def test_cli_max_columns(tmp_path):
     result = run_cli(path, tmp_path / "a.spacy", "--max-columns", "7")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [ents(d) for d in DocBin().from_disk(tmp_path / "a.spacy").get_docs(VOCAB)] == [[("a", "PER")]]
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\u3000", "\x0c"])
+def test_line_of_other_unicode_whitespace_is_a_word(tmp_path, blank):
+    # only ASCII space/tab separate columns: such a line is a one-column line, not a crash
+    path = write(tmp_path, f"EU B-ORG\nrejects O\n{blank}\nGerman B-MISC\n")
+    with pytest.raises(ValueError, match=r"data\.conll:3: one column"):
+        conll_to_docs(path, VOCAB)
+    path = write(tmp_path, f"EU\n{blank}\nrejects\n")
+    (doc,) = conll_to_docs(path, VOCAB, unlabelled=True)
+    assert [t.text for t in doc] == ["EU", blank, "rejects"]
+
+
+def test_binary_and_truncated_input_refused_with_the_cause(tmp_path):
+    spacy_file = tmp_path / "docs.spacy"
+    DocBin(docs=[spacy.blank("xx")("a b")]).to_disk(spacy_file)
+    with pytest.raises(ValueError, match=r"docs\.spacy: a compressed or binary file \(a \.spacy DocBin"):
+        list(read_conll(spacy_file))
+    gz = tmp_path / "data.conll.gz"
+    gz.write_bytes(gzip.compress(b"EU B-ORG\n"))
+    with pytest.raises(ValueError, match="compressed or binary file"):
+        list(read_conll(gz))
+    utf16 = write(tmp_path, "K\u00f6ln B-LOC\n", encoding="utf-16-le")  # no byte-order mark
+    with pytest.raises(ValueError, match="NUL bytes.*--encoding utf-16-le"):
+        list(read_conll(utf16))
+    assert list(read_conll(utf16, encoding="utf-16-le")) == [(["K\u00f6ln"], ["B-LOC"])]
+    truncated = tmp_path / "truncated.conll"
+    truncated.write_bytes("\ufeffK\u00f6ln B-LOC\n".encode("utf-16-le") + b"x")
+    with pytest.raises(ValueError, match=r"truncated\.conll: starts with a UTF-16 byte-order mark but is not valid"):
+        list(read_conll(truncated))
+
+
+def test_tab_separated_file_whose_columns_are_also_joined_by_spaces(tmp_path):
+    pasted = write(tmp_path, "EU NNP\tB-ORG\nrejects VBZ\tO\n\nGerman JJ\tB-MISC\n")
+    result = run_cli(pasted, tmp_path / "pasted.spacy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 of 3 words hold a space" in result.stdout
+    stats = ConllStats()
+    conll_to_docs(write(tmp_path, "New York\tB-LOC\nis\tO\nbig\tO\n", name="tsv.conll"), VOCAB, stats=stats)
+    assert stats.words_with_space == 1 and not stats.spaces_look_like_separators
+
+
+def test_conll_file_where_a_spacy_file_is_expected(tmp_path):
+    conll = write(tmp_path, "EU B-ORG\n")
+    with pytest.raises(ValueError, match=r"data\.conll is not a \.spacy file.*convert-corpus .*data\.conll OUTPUT\.spacy"):
+        read_docbin(conll)
+    spacy_file = tmp_path / "ok.spacy"
+    DocBin(docs=[spacy.blank("xx")("a b")]).to_disk(spacy_file)
+    assert len(read_docbin(spacy_file)) == 1
+    reader = SelfTrainingCorpus(spacy_file, conll)
+    with pytest.raises(ValueError, match="is not a .spacy file"):
+        reader.target_docs(spacy.blank("xx"))
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label", "no-such-teacher", str(conll), str(tmp_path / "o.spacy")],
+        capture_output=True, text=True, env={**os.environ, "ANSI_COLORS_DISABLED": "1"},
+    )
+    # the input is read before the teacher is loaded
+    assert result.returncode == 1 and "data.conll is not a .spacy file" in " ".join(result.stdout.split())
+    assert "Traceback" not in result.stdout + result.stderr

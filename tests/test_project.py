@@ -167,6 +167,11 @@ def test_steps_name_what_is_missing(project_run, tmp_path):
     result = run_script(project_run, "get_encoder.py", tmp_path / "xlm-roberta-large")
     assert result.returncode == 1 and "encoder_mode as-is" in result.said
     assert not (tmp_path / "xlm-roberta-large").exists()
+    # the trainings' first line: the offline folder must be built (its name is no hub model to fall back to)
+    e5 = tmp_path / "multilingual-e5-small"
+    result = run_script(project_run, "get_encoder.py", e5, "--check")
+    assert result.returncode == 1 and "run `spacy project run encoder` first" in result.said and not e5.exists()
+    assert run_script(project_run, "get_encoder.py", "xlm-roberta-large", "--mode", "as-is", "--check").returncode == 0
 
 
 def test_convert_writes_the_demo_anew_and_fails_clearly(tmp_path):

@@ -501,3 +501,20 @@ def test_warns_when_refined_labels_are_never_trained_on(tiny_encoder, synthetic_
         warnings.simplefilter("always")
         initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
     assert any("no epoch trains on refined pseudo labels" in str(w.message) for w in caught) == warns
+
+
+def test_quality_log_counts_target_gold_of_labels_the_component_lacks(tmp_path, tiny_encoder, synthetic_corpus,
+                                                                       target_corpus):
+    vocab = spacy.blank("xx").vocab
+    docs = list(DocBin(store_user_data=True).from_disk(target_corpus["pseudo_labelled"]).get_docs(vocab))
+    n_gold = sum(len(doc.ents) for doc in docs)
+    first = next(doc for doc in docs if doc.ents)
+    first.ents = [first.char_span(e.start_char, e.end_char, label="FOO" if i == 0 else e.label_)
+                  for i, e in enumerate(first.ents)]
+    target = tmp_path / "foo.spacy"
+    DocBin(docs=docs, store_user_data=True).to_disk(target)
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target)
+    with pytest.warns(UserWarning, match=r"1 entities with labels the component does not have \(FOO: 1\)"):
+        initialize(nlp, synthetic_corpus, target)
+    quality = nlp.get_pipe("span_contproto").state.quality()
+    assert quality["n_gold"] == n_gold  # the FOO entity counts, as a miss
