@@ -30,7 +30,9 @@ from .model import SpanGradients, SpanOutputs, doc_spans, span_head_module, uses
 from .pseudo_labels import PAYLOAD_KEY, decode_payload
 from .self_training import OracleEntry, SelfTrainingState
 from .settings import ContProtoSettings
-from .spans import OUTSIDE, class_log_prior, decode_non_overlapping, label_spans, spans_touching
+from .spans import (
+    OUTSIDE, class_log_prior, decode_non_overlapping, label_spans, spans_touching, token_runs, tokens_covered,
+)
 
 ORACLE_KEY = "contproto_oracle"  # target gold kept aside (reference user_data), never in a loss
 LOSS_TERMS = ("src", "tgt", "cont", "reg")
@@ -398,19 +400,20 @@ class SpanContProto(TrainablePipe):
             cand_spans = doc_spans[is_entity]
             cand_labels = best[is_entity]
             cand_scores = doc_probs[is_entity][numpy.arange(len(cand_labels)), cand_labels]
-            # entities already on the Doc (an entity_ruler before this component, or set by
-            # hand) are kept, as spaCy's ner keeps them; new ones only go around them
-            preset = list(doc.ents)
-            free = numpy.ones(len(cand_spans), dtype=bool)
-            if preset:
-                free = ~spans_touching(cand_spans, numpy.isin(doc.to_array(ENT_IOB), (1, 3)))
+            # as spaCy's ner: entities already on the Doc (an entity_ruler before this component,
+            # or set by hand) and blocked tokens (Doc.set_ents(blocked=...)) stay as they are;
+            # new entities only go around them, and every other token becomes "O"
+            ent_iob = doc.to_array(ENT_IOB)
+            free = ~spans_touching(cand_spans, numpy.isin(ent_iob, (1, 3)))
             keep = numpy.zeros(len(cand_spans), dtype=bool)
             keep[free] = decode_non_overlapping(cand_spans[free], cand_scores[free], len(doc))
             new = [
                 Span(doc, int(s), int(e), label=class_names[c])
                 for (s, e), c in zip(cand_spans[keep], cand_labels[keep])
             ]
-            doc.ents = sorted(preset + new, key=lambda span: span.start)
+            unset = (ent_iob == 0) & ~tokens_covered(cand_spans[keep], len(doc))
+            outside = [Span(doc, int(s), int(e)) for s, e in token_runs(unset)]
+            doc.set_ents(new, outside=outside, default="unmodified")
             group = SpanGroup(
                 doc,
                 name=self.spans_key,

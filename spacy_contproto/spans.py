@@ -76,6 +76,22 @@ def spans_touching(spans: numpy.ndarray, token_flags: numpy.ndarray) -> numpy.nd
     return (counts[spans[:, 1]] - counts[spans[:, 0]]) > 0
 
 
+def tokens_covered(spans: numpy.ndarray, n_tokens: int) -> numpy.ndarray:
+    """Per token, whether any of the [start, end) spans holds it."""
+    spans = numpy.asarray(spans, dtype=numpy.int64).reshape(-1, 2)
+    delta = numpy.zeros(n_tokens + 1, dtype=numpy.int64)
+    numpy.add.at(delta, spans[:, 0], 1)
+    numpy.add.at(delta, spans[:, 1], -1)
+    return numpy.cumsum(delta[:-1]) > 0
+
+
+def token_runs(token_flags: numpy.ndarray) -> numpy.ndarray:
+    """The maximal [start, end) runs of flagged tokens, shape (n_runs, 2)."""
+    flags = numpy.asarray(token_flags, dtype=numpy.int8)
+    edges = numpy.flatnonzero(numpy.diff(numpy.concatenate([[0], flags, [0]])))
+    return edges.reshape(-1, 2)
+
+
 def decode_non_overlapping(
     spans: numpy.ndarray, scores: numpy.ndarray, n_tokens: Optional[int] = None
 ) -> numpy.ndarray:

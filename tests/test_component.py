@@ -12,6 +12,7 @@ from thinc.api import Ragged
 
 from spacy_contproto.component import SpanProbabilities
 from spacy_contproto.model import doc_spans, span_head_module
+from spacy_contproto.spans import OUTSIDE
 from spacy_contproto.testing import as_seqeval, synthetic_docs
 
 from .conftest import CONFIGS
@@ -172,6 +173,24 @@ def test_set_annotations_keeps_preset_entities_and_skips_whitespace_edges(initia
     pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([5], "i")), probs))
     assert [(e.start, e.end, e.label_) for e in doc.ents] == [(0, 2, "PER"), (3, 4, "PER"), (4, 5, "LOC")]
     assert [(s.start, s.end, s.label_) for s in doc.spans["contproto"]] == [(0, 2, "PER"), (3, 5, "ORG"), (3, 4, "PER")]
+
+
+@pytest.mark.parametrize("with_preset", [False, True])
+def test_set_annotations_respects_blocked_tokens(initialized_nlp, with_preset):
+    # Doc.set_ents(blocked=...): "never an entity for spaCy's built-in NER"; they stay blocked
+    pipe = initialized_nlp.get_pipe("span_contproto")
+    labels = pipe.labels
+    doc = Doc(initialized_nlp.vocab, words=["a", "b", "c", "d", "e", "f"])
+    doc.set_ents([Span(doc, 5, 6, "LOC")] if with_preset else [], blocked=[Span(doc, 0, 2)], default="missing")
+    spans = numpy.array([[0, 2], [1, 3], [2, 3], [3, 4]], dtype="i")
+    per = labels.index("PER") + 1
+    probs = span_probabilities(len(labels) + 1, [(per, 0.9), (per, 0.8), (OUTSIDE, 0.9), (per, 0.7)])
+    pipe.set_annotations([doc], SpanProbabilities(Ragged(spans, numpy.array([4], "i")), probs))
+    preset = [(5, 6, "LOC")] if with_preset else []
+    assert [(e.start, e.end, e.label_) for e in doc.ents] == [(3, 4, "PER")] + preset
+    # blocked tokens keep ent_iob "B" without a type; every other token is annotated
+    assert [t.ent_iob_ for t in doc] == ["B", "B", "O", "B", "O", "B" if with_preset else "O"]
+    assert [t.ent_type_ for t in doc][:2] == ["", ""]
 
 
 def test_get_loss_refuses_predict_output_clearly(initialized_nlp):

@@ -9,6 +9,8 @@ from spacy_contproto.spans import (
     label_spans,
     sentence_ids,
     spans_touching,
+    token_runs,
+    tokens_covered,
 )
 
 
@@ -55,6 +57,16 @@ def test_spans_touching_flags():
     spans = numpy.array([[0, 1], [0, 3], [1, 2], [2, 4]])
     flags = numpy.array([False, False, True, False])
     assert spans_touching(spans, flags).tolist() == [False, True, False, True]
+
+
+def test_tokens_covered_and_token_runs():
+    spans = numpy.array([[1, 3], [2, 4], [6, 7]])
+    assert tokens_covered(spans, 8).tolist() == [False, True, True, True, False, False, True, False]
+    assert tokens_covered(numpy.zeros((0, 2)), 3).tolist() == [False] * 3
+    flags = numpy.array([True, True, False, True, False, False, True])
+    assert token_runs(flags).tolist() == [[0, 2], [3, 4], [6, 7]]
+    assert token_runs(numpy.zeros(3, dtype=bool)).tolist() == []
+    assert token_runs(numpy.zeros(0, dtype=bool)).shape == (0, 2)
 
 
 def greedy_reference(spans, scores):
