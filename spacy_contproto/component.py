@@ -204,8 +204,9 @@ class SpanContProto(TrainablePipe):
         sample, and, when the examples include target Docs with pseudo labels, the
         pseudo-label store for self-training."""
         validate_get_examples(get_examples, "SpanContProto.initialize")
-        training = _training_config(nlp) if nlp is not None else None
+        training = None
         if nlp is not None:
+            training = _training_config(nlp)
             _check_accumulation_and_mixed_precision(nlp, training)
         self.settings.warn_about_training()
         if self.model.get_ref("span_head").attrs["mixed_precision"] and not isinstance(self.model.ops, CupyOps):

@@ -74,12 +74,12 @@ def read_target_docbin(input_path: Path) -> DocBin:
 
 
 def pseudo_label_file(
-    nlp: Language, input_path: Union[Path, DocBin], output_path: Path, *, component: Optional[str] = None,
+    nlp: Language, targets: Union[Path, DocBin], output_path: Path, *, component: Optional[str] = None,
     batch_size: int = 64, progress: bool = True,
 ) -> int:
     """Pseudo-label the Docs of a .spacy file (or its DocBin, read by read_target_docbin) into
     another .spacy file; returns the number of Docs."""
-    doc_bin = input_path if isinstance(input_path, DocBin) else read_target_docbin(input_path)
+    doc_bin = targets if isinstance(targets, DocBin) else read_target_docbin(targets)
     docs = doc_bin.get_docs(nlp.vocab)
     labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)
     if progress:
