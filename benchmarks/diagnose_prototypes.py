@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("cells", nargs="+", help="LANG:VARIANT of benchmarks/reproduce.py students")
     parser.add_argument("--corpus", default="conll")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
-    parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=max(reproduce.PROTOCOLS),
+    parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=reproduce.MAIN_PROTOCOL,
                         help="protocol version of benchmarks/reproduce.py (default: the latest)")
     parser.add_argument("--training-seed", type=int, default=0, help="the students' training seed (reproduce.py grid --seed)")
     parser.add_argument("--teacher-seed", type=int, default=None,

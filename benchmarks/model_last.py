@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("cells", nargs="+", help="LANG:VARIANT of benchmarks/reproduce.py students")
     parser.add_argument("--corpus", default="conll")
     parser.add_argument("--seeds", default="0", help="the students' training seeds, comma-separated")
-    parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=max(reproduce.PROTOCOLS))
+    parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=reproduce.MAIN_PROTOCOL)
     parser.add_argument("--teacher-seed", type=int, default=None,
                         help="the seed of the students' teacher (reproduce.py grid --teacher-seed; default: the protocol's)")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
