@@ -8,9 +8,10 @@ as a German adjective of a city, any other word), and says what each missed gold
 got instead: nothing, the same span with another label, or an overlapping span. Predicted entities
 are split the same way for precision. Only counts are written, never the corpus's text.
 
-    python benchmarks/entity_shapes.py TEST.spacy NAME=MODEL [NAME=MODEL ...] [--out STEM]
+    python benchmarks/entity_shapes.py TEST.spacy NAME=MODEL [NAME=MODEL ...] [--out STEM] [--add]
 
-Writes benchmarks/results/STEM.json and .md (default STEM: entity_shapes).
+Writes benchmarks/results/STEM.json and .md (default STEM: entity_shapes); with --add, the models
+already in STEM.json stay and the ones named are scored and added (or replaced).
 """
 import argparse
 import json
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("test", type=Path)
     parser.add_argument("models", nargs="+", help="NAME=PATH of a trained pipeline")
     parser.add_argument("--out", default="entity_shapes")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the models already in STEM.json (scored on the same test file); score only these")
     args = parser.parse_args()
 
     import spacy
@@ -96,6 +99,13 @@ def main() -> None:
 
     result = {"test": str(args.test), "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores",
               "models": {}}
+    if args.add and (RESULTS / f"{args.out}.json").exists():
+        earlier = json.loads((RESULTS / f"{args.out}.json").read_text())
+        if Path(earlier["test"]).resolve() != args.test.resolve():
+            parser.error(f"{args.out}.json scored {earlier['test']}, not {args.test}: name another --out")
+        result["models"] = earlier["models"]
+        if earlier["machine"] != result["machine"]:
+            result["machine"] = f"{earlier['machine']} (earlier models); {result['machine']} (added)"
     for item in args.models:
         name, path = item.split("=", 1)
         nlp = spacy.load(path)
