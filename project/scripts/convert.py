@@ -4,7 +4,8 @@ Files are found as {data}/{dataset}/{lang}/{split}.* (the layout of ../shared/da
 `dataset` may be a glob such as "conll200*"). With dataset "demo", the demo corpus (seeded,
 so the same for the same sizes and languages) is written first, every time, so that
 changed `demo_train` or `targets` take effect. Target train sets become unlabelled Docs with
-their gold kept aside (for pseudo-label quality only)."""
+their gold kept aside (for pseudo-label quality only); a target train file of words only (one
+column, no tags) is read as such, and its training then logs no pseudo-label quality."""
 from pathlib import Path
 
 import typer
@@ -29,10 +30,15 @@ def main(
     targets: str = typer.Argument(..., help="Target languages, comma-separated"),
     output: Path = typer.Argument(..., help="Output folder for .spacy files"),
     demo_train: int = typer.Option(600, help="Demo corpus: train sentences per language (dev 1/4, test 1/3 of it)"),
+    package_target: str = typer.Option("", help="The target whose student `package` builds: checked here, at the start"),
 ) -> None:
     target_langs = [t for t in targets.split(",") if t]
     if not target_langs:
         msg.fail("No target language given (--vars.targets, e.g. de,es)", exits=1)
+    if package_target and package_target not in target_langs:
+        # else only the last step, package, would fail, for want of that student
+        msg.fail(f"package_target {package_target!r} is not one of the targets {','.join(target_langs)}: "
+                 f"set --vars.package_target to one of them", exits=1)
     if dataset == "demo":
         if demo_train < 1:
             msg.fail(f"demo_train must be at least 1, got {demo_train}", exits=1)
@@ -47,11 +53,15 @@ def main(
     for lang, split, unlabelled in jobs:
         path = find_split(data, dataset, lang, split)
         out = output / f"{lang}_{split}.spacy"
+        kind = "unlabelled, gold aside" if unlabelled else "labelled"
         try:
-            stats = convert_file(path, out, unlabelled=unlabelled, keep_gold=True)
+            stats = convert_file(path, out, unlabelled=unlabelled)
+            if unlabelled and set(stats.columns) == {1}:
+                kind = "unlabelled, words only: no pseudo-label quality log"
+            elif unlabelled:  # a tagged file: its gold is kept aside
+                stats = convert_file(path, out, unlabelled=True, keep_gold=True)
         except (ValueError, OSError) as err:
             msg.fail(f"Cannot convert {path}: {err}", exits=1)
-        kind = "unlabelled, gold aside" if unlabelled else "labelled"
         msg.good(f"{path} -> {out}: {stats.sentences} sentences ({kind})")
 
 

