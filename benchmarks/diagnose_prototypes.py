@@ -60,6 +60,7 @@ def span_outputs(nlp, docs, batch_size: int = 64):
 
     component = nlp.get_pipe("span_contproto")
     component.model.attrs["predict_projections"] = True
+    component.model.attrs["predict_representations"] = True
     ops = component.model.ops
     gold_all, logits_all, proj_all, repr_all = [], [], [], []
     counts: Dict[str, int] = {}

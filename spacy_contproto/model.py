@@ -21,7 +21,7 @@ from .spans import enumerate_spans, sentence_ids
 class SpanOutputs:
     spans: Ragged  # data: Ints2d (n_spans, 2) of [start, end) per doc; lengths: spans per doc
     logits: Floats2d
-    representations: Floats2d  # z = [h_start; h_end; width]
+    representations: Optional[Floats2d]  # z = [h_start; h_end; width]; in prediction only with attrs predict_representations
     projections: Optional[Floats2d] = None  # normalised projection of z (training only)
     n_views: int = 1  # arrays hold n_views dropout views of every span, view-major
 
@@ -114,6 +114,7 @@ def build_span_contproto_model(
         attrs={
             "max_span_length": max_span_length,
             "predict_projections": False,
+            "predict_representations": False,
             "n_views": 1,
             "view_source": "head",
         },
@@ -180,7 +181,7 @@ def _head_forward(model: Model, X, is_train: bool):
 
 
 def _convert_head_inputs(model: Model, X, is_train: bool):
-    tokens, starts, ends, with_projection = X
+    tokens, starts, ends, with_projection, with_representations = X
     device = model.shims[0].device
     tokens_t = xp2torch(tokens, requires_grad=is_train, device=device)
     starts_t = xp2torch(model.ops.xp.asarray(starts, dtype="int64"), device=device)
@@ -189,7 +190,7 @@ def _convert_head_inputs(model: Model, X, is_train: bool):
     def backprop(d_inputs: ArgsKwargs) -> Floats2d:
         return torch2xp(d_inputs.args[0], ops=model.ops)
 
-    inputs = ArgsKwargs(args=(tokens_t, starts_t, ends_t), kwargs={"with_projection": with_projection})
+    inputs = ArgsKwargs(args=(tokens_t, starts_t, ends_t), kwargs={"with_projection": with_projection, "with_representations": with_representations})
     return inputs, backprop
 
 
@@ -197,7 +198,7 @@ def _convert_head_outputs(model: Model, inputs_outputs, is_train: bool):
     _, outputs = inputs_outputs
     # SpanHead returns float32 under autocast too: the gradients below keep that dtype
     # until Thinc's grad scaler has scaled them
-    converted = tuple(torch2xp(t.float(), ops=model.ops) for t in outputs)
+    converted = tuple(None if t is None else torch2xp(t.float(), ops=model.ops) for t in outputs)
 
     def backprop(grads: Tuple[Optional[Floats2d], ...]) -> ArgsKwargs:
         tensors, grad_tensors = [], []
@@ -228,6 +229,7 @@ def _forward(
     spans = doc_spans(docs, model.attrs["max_span_length"])
     n_classes = head.get_dim("nO")
     with_projection = is_train or model.attrs["predict_projections"]
+    with_representations = is_train or model.attrs.get("predict_representations", False)
     n_views = model.attrs.get("n_views", 1) if is_train else 1
     if spans.data.shape[0] == 0:
         # No token in the whole batch (only empty Docs): spacy-transformers' pooling
@@ -235,7 +237,7 @@ def _forward(
         outputs = SpanOutputs(
             spans=spans,
             logits=ops.alloc2f(0, n_classes),
-            representations=ops.alloc2f(0, span_head_module(model).span_width),
+            representations=ops.alloc2f(0, span_head_module(model).span_width) if with_representations else None,
             projections=ops.alloc2f(0, head.attrs["projection_width"]) if with_projection else None,
             n_views=n_views,
         )
@@ -279,6 +281,7 @@ def _forward(
         numpy.tile(starts, n_views) + view_offsets,
         numpy.tile(ends, n_views) + view_offsets,
         with_projection,
+        with_representations,
     )
     head_outputs, backprop_head = head(head_inputs, is_train)
     outputs = SpanOutputs(

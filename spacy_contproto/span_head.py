@@ -103,18 +103,20 @@ class SpanHead(nn.Module):
         starts: torch.Tensor,
         ends: torch.Tensor,
         with_projection: bool = True,
-    ) -> Tuple[torch.Tensor, ...]:
-        """Returns (logits, z) or (logits, z, projected and L2-normalised z), in float32
+        with_representations: bool = True,
+    ) -> Tuple[Optional[torch.Tensor], ...]:
+        """Returns (logits, z) or (logits, z, projected and L2-normalised z), z None
+        without with_representations (prediction needs the logits only), in float32
         also under autocast: Thinc's grad scaler scales the gradients given for these
         outputs, and in float16 small gradients would round to 0 before the scaling meant
         to keep them (the casts back are part of the graph, after the scaling)."""
         tokens = self.feature_dropout(tokens)
-        z = self.span_representations(tokens, starts, ends)
+        z = self.span_representations(tokens, starts, ends).float() if with_representations else None
         first = [self.classifier[0]] + ([self.projection[0]] if with_projection else [])
         hidden = self._first_layers(tokens, starts, ends, tuple(first))
         n_class_hidden = self.classifier[0].out_features
         logits = self.classifier[1:](hidden[:, :n_class_hidden])
         if not with_projection:
-            return logits.float(), z.float()
+            return logits.float(), z
         projected = F.normalize(self.projection[1:](hidden[:, n_class_hidden:]).float(), dim=-1)
-        return logits.float(), z.float(), projected
+        return logits.float(), z, projected

@@ -52,6 +52,8 @@ def test_span_representation_pooled_and_outputs():
     assert torch.allclose(projected.norm(dim=1), torch.ones(3))
     logits2, z2 = head(tokens, torch.tensor([0]), torch.tensor([1]), with_projection=False)
     assert torch.allclose(logits2, logits[:1])
+    logits3, z3 = head(tokens, torch.tensor([0]), torch.tensor([1]), with_projection=False, with_representations=False)
+    assert z3 is None and torch.allclose(logits3, logits[:1])
 
 
 def test_span_head_outputs_float32_under_autocast():
@@ -91,14 +93,13 @@ def test_per_token_first_layers_equal_the_concatenated_span_vector(mode):
 
 
 def fixed_features_tok2vec(width=8, mixed_precision=False):
-    """A tok2vec giving each token a fixed random vector; with mixed_precision it holds a
-    PyTorch shim that claims mixed precision (as an embedded transformer's would)."""
+    """A tok2vec giving each token a random vector, the same for a Doc's tokens at every call;
+    with mixed_precision it holds a PyTorch shim that claims mixed precision (as an embedded
+    transformer's would)."""
     from thinc.api import Model, PyTorchWrapper_v2
 
-    rng = numpy.random.RandomState(0)
-
     def forward(model, docs, is_train):
-        return [model.ops.asarray2f(rng.randn(len(doc), width)) for doc in docs], lambda d: []
+        return [model.ops.asarray2f(numpy.random.RandomState(len(doc)).randn(len(doc), width)) for doc in docs], lambda d: []
 
     layers = [PyTorchWrapper_v2(torch.nn.Linear(1, 1), mixed_precision=True)] if mixed_precision else []
     return Model("fixed_features", forward, layers=layers)
@@ -142,6 +143,31 @@ def test_two_views_keep_both_views_head_gradients_under_mixed_precision(monkeypa
     assert plain.keys() == scaled.keys()
     for name in plain:
         assert torch.allclose(plain[name], scaled[name], rtol=1e-3, atol=1e-4), name
+
+
+def test_prediction_computes_span_vectors_only_when_asked():
+    """Prediction needs the logits only: z (n_spans x span width, the largest output) is
+    computed in training, and in prediction with attrs predict_representations."""
+    from spacy.tokens import Doc
+    from spacy.vocab import Vocab
+
+    from spacy_contproto.model import build_span_contproto_model, span_head_module
+
+    model = build_span_contproto_model(fixed_features_tok2vec(), token_features="pooled", dropout=0.0)
+    model.get_ref("span_head").set_dim("nO", 3)
+    docs = [Doc(Vocab(), words=["a", "b", "c"]), Doc(Vocab(), words=[])]
+    model.initialize(X=docs)
+    plain = model.predict(docs)
+    assert plain.representations is None and plain.projections is None and plain.logits.shape == (6, 3)
+    model.attrs["predict_representations"] = True
+    asked = model.predict(docs)
+    assert asked.representations.shape == (6, span_head_module(model).span_width)
+    numpy.testing.assert_allclose(asked.logits, plain.logits, rtol=1e-6)
+    assert model.predict([Doc(Vocab(), words=[])]).representations.shape[0] == 0
+    model.attrs["predict_representations"] = False
+    assert model.predict([Doc(Vocab(), words=[])]).representations is None
+    trained, _ = model.begin_update(docs)
+    assert trained.representations.shape == asked.representations.shape
 
 
 def test_encoder_views_refuse_a_mixed_precision_embedded_encoder():

@@ -56,6 +56,7 @@ def span_vectors(nlp, docs, max_o: int, rng: random.Random):
     pipe = nlp.get_pipe("span_contproto")
     inputs = [same_tokens(nlp, d) for d in docs]
     work = [nlp.get_pipe("transformer")(doc) for doc in inputs] if "transformer" in nlp.pipe_names else inputs
+    pipe.model.attrs["predict_representations"] = True
     outputs = pipe.model.predict(work)
     vectors = pipe.model.ops.to_numpy(outputs.representations)
     labels, offset = [], 0
