@@ -92,6 +92,10 @@ def token_runs(token_flags: numpy.ndarray) -> numpy.ndarray:
     return edges.reshape(-1, 2)
 
 
+# rounds of vectorised decoding before the rest is taken one by one (see decode_non_overlapping)
+MAX_DECODE_ROUNDS = 16
+
+
 def decode_non_overlapping(
     spans: numpy.ndarray, scores: numpy.ndarray, n_tokens: Optional[int] = None
 ) -> numpy.ndarray:
@@ -101,7 +105,9 @@ def decode_non_overlapping(
     Returns a boolean mask over ``spans``. Computed in rounds without a loop per
     span: each round accepts every span that outranks all live spans it overlaps
     (greedy would accept exactly these, since nothing better can block them), then
-    drops the live spans that touch an accepted one.
+    drops the live spans that touch an accepted one. A chain of overlapping spans with
+    falling (or tied) scores accepts one span per round, so after ``MAX_DECODE_ROUNDS``
+    the few spans still live are taken in rank order one by one.
     """
     spans = numpy.asarray(spans, dtype=numpy.int64).reshape(-1, 2)
     n_spans = spans.shape[0]
@@ -119,7 +125,9 @@ def decode_non_overlapping(
     offsets = numpy.arange(owner.shape[0]) - numpy.repeat(numpy.cumsum(widths) - widths, widths)
     token = spans[owner, 0] + offsets
     alive = numpy.ones(n_spans, dtype=bool)
-    while alive.any():
+    for _ in range(MAX_DECODE_ROUNDS):
+        if not alive.any():
+            return accepted
         live_rows = alive[owner]
         best = numpy.full(n_tokens, n_spans, dtype=numpy.int64)
         numpy.minimum.at(best, token[live_rows], rank[owner[live_rows]])
@@ -129,6 +137,14 @@ def decode_non_overlapping(
         covered = numpy.zeros(n_tokens, dtype=bool)
         covered[token[won[owner]]] = True
         alive &= numpy.bincount(owner, weights=covered[token], minlength=n_spans) == 0
+    taken = numpy.zeros(n_tokens, dtype=bool)
+    taken[token[accepted[owner]]] = True
+    taken = bytearray(taken.tobytes())  # plain Python objects: this loop is per span
+    rest = order[alive[order]]
+    for i, start, end in zip(rest.tolist(), spans[rest, 0].tolist(), spans[rest, 1].tolist()):
+        if not any(taken[start:end]):
+            taken[start:end] = b"\x01" * (end - start)
+            accepted[i] = True
     return accepted
 
 

@@ -1,5 +1,9 @@
+import time
+
 import numpy
 import pytest
+
+from spacy_contproto import spans as spans_module
 
 from spacy_contproto.spans import (
     OUTSIDE,
@@ -102,8 +106,11 @@ def test_decode_ties_prefer_earlier_then_shorter():
     assert decode_non_overlapping(spans, scores).tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize("max_rounds", [0, 1, 16])
 @pytest.mark.parametrize("seed", range(20))
-def test_decode_matches_sequential_greedy(seed):
+def test_decode_matches_sequential_greedy(seed, max_rounds, monkeypatch):
+    # max_rounds 0 and 1: the spans left after the vectorised rounds are taken one by one
+    monkeypatch.setattr(spans_module, "MAX_DECODE_ROUNDS", max_rounds)
     rng = numpy.random.default_rng(seed)
     n_tokens = 30
     all_spans = enumerate_spans(numpy.zeros(n_tokens, dtype=int), 4)
@@ -112,6 +119,17 @@ def test_decode_matches_sequential_greedy(seed):
     scores = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=len(spans))  # with ties
     got = decode_non_overlapping(spans, scores, n_tokens)
     assert got.tolist() == greedy_reference(spans.tolist(), scores.tolist()).tolist()
+
+
+def test_decode_long_tied_chain_is_fast_and_greedy():
+    # all-tied width-2 spans over 20000 tokens: one span per vectorised round, 10000 rounds
+    # before MAX_DECODE_ROUNDS bounded them (14 s), now well under a second
+    n = 20000
+    spans = numpy.stack([numpy.arange(n - 1), numpy.arange(2, n + 1)], axis=1)
+    start = time.perf_counter()
+    got = decode_non_overlapping(spans, numpy.zeros(n - 1))
+    assert time.perf_counter() - start < 2.0
+    assert numpy.flatnonzero(got).tolist() == list(range(0, n - 1, 2))
 
 
 def test_decode_empty():
