@@ -105,7 +105,7 @@ def make_span_contproto(
     prior_bias: at initialize, set the classifier's output bias to the log class frequencies
         of the source spans ("O" weighted by neg_span_weight), so that a fresh head starts out
         predicting "O" instead of spending its first steps learning that prior (the paper is
-        silent; its code leaves PyTorch's default initialisation, i.e. false).
+        silent; false keeps PyTorch's default initialisation).
     contproto: training settings (spacy_contproto.ContProto.v1, or
         spacy_contproto.Supervised.v1 for source cross-entropy only).
     scorer: scoring function, by default spaCy's NER scorer (ents_p/r/f).

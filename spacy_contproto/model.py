@@ -67,7 +67,8 @@ def build_span_contproto_model(
     width_embedding_width: size of the span-width embedding.
     hidden_width: hidden layer of the classifier MLP; null = span vector width.
     projection_width: output of the contrastive projection head (paper: 128).
-    dropout: dropout on token features and inside the classifier (published: 0.2).
+    dropout: dropout inside the classifier (published: 0.2) and on the token features
+        (this implementation).
     token_features: "first_last" (start = first word-piece of the first token,
         end = last word-piece of the last token) or "pooled" (one vector per token).
     mixed_precision: run the span head under torch autocast (GPU).

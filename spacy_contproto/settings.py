@@ -141,8 +141,9 @@ def contproto_settings(
     Losses (each a switch and a weight): source_loss (eq. 1), target_loss (eq. 2,
     soft CE against the current pseudo labels), contrastive_loss (eq. 4 with
     temperature; target positives from the current prediction, eq. 5, or from the
-    stored pseudo label), consistency_loss (eq. 6, symmetric KL between two dropout
-    views, over all spans or source spans only as published).
+    stored pseudo label), consistency_loss (eq. 6, KL between two dropout views,
+    symmetric as published, where the paper prints KL(P || P'); over all spans, or
+    source spans only as published).
     views: where the two dropout views come from: "encoder" (two transformer passes,
         embedded transformer only), "head" (one transformer pass, two dropout passes
         of the span head; the only option with a shared transformer), "auto".
