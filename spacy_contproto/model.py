@@ -21,7 +21,8 @@ from .spans import enumerate_spans, sentence_ids
 class SpanOutputs:
     spans: Ragged  # data: Ints2d (n_spans, 2) of [start, end) per doc; lengths: spans per doc
     logits: Floats2d
-    representations: Optional[Floats2d]  # z = [h_start; h_end; width]; in prediction only with attrs predict_representations
+    # z = [h_start; h_end; width]; in prediction only with attrs predict_representations
+    representations: Optional[Floats2d]
     projections: Optional[Floats2d] = None  # normalised projection of z (training only)
     n_views: int = 1  # arrays hold n_views dropout views of every span, view-major
 
@@ -191,7 +192,10 @@ def _convert_head_inputs(model: Model, X, is_train: bool):
     def backprop(d_inputs: ArgsKwargs) -> Floats2d:
         return torch2xp(d_inputs.args[0], ops=model.ops)
 
-    inputs = ArgsKwargs(args=(tokens_t, starts_t, ends_t), kwargs={"with_projection": with_projection, "with_representations": with_representations})
+    inputs = ArgsKwargs(
+        args=(tokens_t, starts_t, ends_t),
+        kwargs={"with_projection": with_projection, "with_representations": with_representations},
+    )
     return inputs, backprop
 
 
