@@ -17,7 +17,7 @@ test sentences, for the students benchmarks/reproduce.py trained:
     python benchmarks/diagnose_prototypes.py --corpus conll [--protocol 2] [--training-seed 1] [--teacher-seed 1] \
         de:contproto de:vanilla
 
---protocol defaults to the latest, as in reproduce.py; --teacher-seed to the protocol's own teacher.
+--protocol defaults to reproduce.py's MAIN_PROTOCOL (4); --teacher-seed to the protocol's own teacher.
 Writes benchmarks/results/diagnose_prototypes_{corpus}[_protocol{N}][_seed{S}][-teacher{T}].json and .md.
 """
 import argparse
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--corpus", default="conll")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache" / "reproduce")
     parser.add_argument("--protocol", type=int, choices=sorted(reproduce.PROTOCOLS), default=reproduce.MAIN_PROTOCOL,
-                        help="protocol version of benchmarks/reproduce.py (default: the latest)")
+                        help="protocol version of benchmarks/reproduce.py (default: its MAIN_PROTOCOL, 4)")
     parser.add_argument("--training-seed", type=int, default=0, help="the students' training seed (reproduce.py grid --seed)")
     parser.add_argument("--teacher-seed", type=int, default=None,
                         help="the seed of the students' teacher (reproduce.py grid --teacher-seed; default: the protocol's)")

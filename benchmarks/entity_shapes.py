@@ -101,7 +101,8 @@ def main() -> None:
               "models": {}}
     if args.add and (RESULTS / f"{args.out}.json").exists():
         earlier = json.loads((RESULTS / f"{args.out}.json").read_text())
-        if Path(earlier["test"]).resolve() != args.test.resolve():
+        stored = Path(earlier["test"])  # as given, from the repository's root as documented
+        if (stored if stored.is_absolute() else REPO / stored).resolve() != args.test.resolve():
             parser.error(f"{args.out}.json scored {earlier['test']}, not {args.test}: name another --out")
         result["models"] = earlier["models"]
         if earlier["machine"] != result["machine"]:

@@ -342,7 +342,8 @@ def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
             cursor = ent.end
         for token in doc[cursor:]:
             words.append(token.text); spaces.append(bool(token.whitespace_)); tags.append("O")
-        new = Doc(nlp.vocab, words=words, spaces=spaces, ents=tags)
+        # one Doc per sentence, its start marked as convert_file marks it
+        new = Doc(nlp.vocab, words=words, spaces=spaces, ents=tags, sent_starts=[i == 0 for i in range(len(words))])
         if new.text != doc.text:
             raise AssertionError(f"re-tokenising changed a text: {doc.text!r}")
         new.user_data.update(doc.user_data)
@@ -1170,7 +1171,7 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=REPO / "benchmarks" / ".cache" / "multilingual-e5-small")
     parser.add_argument("--note", help="recorded in the run JSONs, e.g. what ran beside them")
     parser.add_argument("--protocol", type=int, choices=sorted(PROTOCOLS), default=MAIN_PROTOCOL,
-                        help="protocol version (default: the latest); `report` covers all of them")
+                        help="protocol version (default: MAIN_PROTOCOL, 4); `report` covers all of them")
     parser.add_argument("--seed", type=int, help="grid: the students' training seed (default: the protocol's)")
     parser.add_argument("--teacher-seed", type=int,
                         help="teacher: train a teacher with this seed (default: the protocol's); grid: start the "

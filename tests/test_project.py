@@ -186,7 +186,7 @@ def test_encoder_folder_counts_as_built_only_after_verification(tmp_path, monkey
     from spacy_contproto.encoder import MODEL_FOLDER_FILES
 
     def fake_convert(folder):
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)  # as convert_e5_small does
         for name in MODEL_FOLDER_FILES:
             (folder / name).write_text("{}")
         return folder
@@ -212,11 +212,20 @@ def test_encoder_folder_counts_as_built_only_after_verification(tmp_path, monkey
     assert not (e5.parent / ".multilingual-e5-small.partial").exists()
     assert run(check=True) == (0, "")
     assert "already built" in run()[1]
+    assert not list(e5.parent.glob(".multilingual-e5-small.partial*"))  # neither build left its work folder
     # a folder that lacks files (an interrupted build of an older version) is refused, not used
     (e5 / "tokenizer.json").unlink()
     for check in (False, True):
         code, said = run(check)
         assert code == 1 and "no complete build (no tokenizer.json)" in said
+    # a link to an empty folder: the build goes to the link's target
+    target = tmp_path / "elsewhere" / "e5"
+    target.mkdir(parents=True)
+    shutil.rmtree(e5)
+    e5.symlink_to(target)
+    cosines = iter([0.9999])
+    code, said = run()
+    assert code == 0 and "Built" in said and e5.is_symlink() and sorted(p.name for p in target.iterdir()) == sorted(MODEL_FOLDER_FILES)
 
 
 def test_convert_writes_the_demo_anew_and_fails_clearly(tmp_path):
@@ -256,6 +265,10 @@ def test_convert_reads_a_words_only_target_train_file(tmp_path):
     (data / "de" / "train.txt").write_text("Anna B-PER\nlacht O\n\nin\nBerlin\n")
     result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "one column" in result.said
+    # the refused file left the earlier output as it was, and no partial file
+    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    assert [[e.label_ for e in d.ents] for d in docs] == [["PER"], ["LOC"]]
+    assert sorted(p.name for p in (scripts / "corpus").iterdir()) == ["de_test.spacy", "de_train.spacy", "en_dev.spacy", "en_train.spacy"]
 
 
 def test_report_span_vectors_keep_every_gold_entity(trained_teacher, monkeypatch):

