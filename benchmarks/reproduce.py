@@ -332,10 +332,10 @@ def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
             for token in doc[cursor:ent.start]:
                 words.append(token.text); spaces.append(bool(token.whitespace_)); tags.append("O")
             pieces = nlp.make_doc(ent.text)
-            if not (pieces[-1].text.islower() and not ent[-1].text.islower()):
-                pieces = ent
-            else:
+            if pieces[-1].text.islower() and not ent[-1].text.islower():
                 counts[ent.label_] += 1
+            else:
+                pieces = ent
             for i, token in enumerate(pieces):
                 words.append(token.text); tags.append(f"{'B' if i == 0 else 'I'}-{ent.label_}")
                 spaces.append(bool(token.whitespace_) if i < len(pieces) - 1 else bool(ent[-1].whitespace_))

@@ -234,7 +234,7 @@ def _forward(
     spans = doc_spans(docs, model.attrs["max_span_length"])
     n_classes = head.get_dim("nO")
     with_projection = is_train or model.attrs["predict_projections"]
-    with_representations = is_train or model.attrs.get("predict_representations", False)
+    with_representations = is_train or model.attrs["predict_representations"]
     n_views = model.attrs.get("n_views", 1) if is_train else 1
     if spans.data.shape[0] == 0:
         # No token in the whole batch (only empty Docs): spacy-transformers' pooling

@@ -137,9 +137,8 @@ def decode_non_overlapping(
         covered = numpy.zeros(n_tokens, dtype=bool)
         covered[token[won[owner]]] = True
         alive &= numpy.bincount(owner, weights=covered[token], minlength=n_spans) == 0
-    taken = numpy.zeros(n_tokens, dtype=bool)
-    taken[token[accepted[owner]]] = True
-    taken = bytearray(taken.tobytes())  # plain Python objects: this loop is per span
+    # the spans still live touch no accepted one; plain Python objects, as this loop is per span
+    taken = bytearray(n_tokens)
     rest = order[alive[order]]
     for i, start, end in zip(rest.tolist(), spans[rest, 0].tolist(), spans[rest, 1].tolist()):
         if not any(taken[start:end]):

