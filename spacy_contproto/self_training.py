@@ -100,11 +100,17 @@ class SelfTrainingState:
         if not s.prototypes:
             return False
         if not self.epoch_known:
-            if not self._warned_no_epochs and s.warmup_epochs > 0:
+            if not self._warned_no_epochs:
+                # with warm-up 0 it refines, but no epoch ever ends: the margins are never computed
+                consequence = (
+                    "pseudo labels stay in warm-up and are never refined" if s.warmup_epochs > 0 else
+                    "no epoch ever ends for it: pseudo labels are refined with every margin at 0, "
+                    "the refined labels are never flushed and the quality log never passes epoch 0"
+                )
                 warnings.warn(
-                    "span_contproto does not know the training epoch, so pseudo labels stay "
-                    "in warm-up and are never refined. Add the callback "
-                    '[training.before_update] @callbacks = "spacy_contproto.training_schedule.v1".'
+                    f"span_contproto does not know the training epoch, so {consequence}. Add the callback "
+                    '[training.before_update] @callbacks = "spacy_contproto.training_schedule.v1" '
+                    "(or call set_training_state(epoch, step) before each update in your own loop)."
                 )
                 self._warned_no_epochs = True
             return s.warmup_epochs == 0

@@ -52,6 +52,18 @@ def test_prototypes_on_an_untrained_projection_warn():
         ContProtoSettings(contrastive_loss=False, prototypes=False).warn_about_training()  # vanilla
 
 
+@pytest.mark.parametrize("warmup_epochs,consequence", [(1, "never refined"), (0, "every margin at 0")])
+def test_refining_without_the_epoch_warns_once(warmup_epochs, consequence):
+    state = SelfTrainingState(ContProtoSettings(warmup_epochs=warmup_epochs), CLASSES, prototype_width=2)
+    with pytest.warns(UserWarning, match=consequence):
+        assert state.refining is (warmup_epochs == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert state.refining is (warmup_epochs == 0)
+        state.set_training_state(epoch=0, step=0)
+        assert state.refining is (warmup_epochs == 0)
+
+
 def margins_by_epoch(first_margin: str, warmup_epochs: int = 1, epochs: int = 4):
     """The margins each epoch refines with, when every epoch sees the same spans."""
     state = SelfTrainingState(
