@@ -215,13 +215,15 @@ class SpanContProto(TrainablePipe):
                 f"[components.{self.name}.model] mixed_precision = false"
             )
         examples = list(get_examples())
-        if labels is not None:
-            for label in labels:
-                self.add_label(label)
-        else:
-            for eg in examples:
-                for ent in eg.reference.ents:
-                    self.add_label(ent.label_)
+        found = list(labels) if labels is not None else [ent.label_ for eg in examples for ent in eg.reference.ents]
+        head = self.model.get_ref("span_head")
+        if found and head.has_dim("nO"):
+            # initialized before: start afresh, labels too (labels added before the first
+            # initialize join the data's, as for spaCy's ner)
+            self.cfg["labels"] = []
+            head.set_dim("nO", None, force=True)
+        for label in found:
+            self.add_label(label)
         if not self.labels:
             raise ValueError(
                 f"{self.name}: no entity labels found. Give training examples with "
@@ -230,7 +232,6 @@ class SpanContProto(TrainablePipe):
             )
         self._check_labels(examples)
         self._warn_unreachable([eg for eg in examples if not is_target(eg)])
-        head = self.model.get_ref("span_head")
         # initialize starts afresh, as it does for the transformer and spaCy's own components
         head._layers = []
         head.set_dim("nO", len(self.labels) + 1, force=True)
@@ -501,8 +502,8 @@ class SpanContProto(TrainablePipe):
 
     def _compute_losses(self, examples: List[Example], outputs: SpanOutputs) -> "LossResult":
         """Source cross-entropy (eq. 1: "O" spans weighted by neg_span_weight, spans
-        touching a token with missing annotation left out, averaged per sentence then
-        over the batch), soft cross-entropy against the pseudo labels of target spans
+        touching a token with missing annotation left out, averaged per Doc, then over
+        the Docs of the batch; convert-corpus writes one sentence per Doc), soft cross-entropy against the pseudo labels of target spans
         (eq. 2), supervised contrastive loss over the projected spans of both views
         (eq. 4-5) and symmetric KL between the views (eq. 6). With two views, eq. 1
         and 2 are averaged over the views."""

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 import numpy
+from spacy.pipeline.tok2vec import Tok2VecListener
 from spacy.tokens import Doc
+from spacy_transformers.layers import TransformerListener
 from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v2, torch2xp, xp2torch
 from thinc.types import Floats2d, Ragged
@@ -135,11 +137,20 @@ def _init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
             "span_contproto needs at least one non-empty Doc to infer the width "
             "of its token features during initialization."
         )
+    if any(isinstance(node, TransformerListener) and not node.has_dim("nO") for node in tok2vec.walk()):
+        # the upstream transformer component sets its listeners' width when it links them
+        raise ValueError(
+            "span_contproto's tok2vec listens to a `transformer` component, but none placed before "
+            "span_contproto in the pipeline feeds it (no upstream component linked the listener): add the "
+            "transformer component before span_contproto, or embed the encoder in span_contproto's own model "
+            "(tok2vec = spacy-transformers.Tok2VecTransformer.v3, see README)."
+        )
     # a transformer cannot be initialised on empty Docs alone
     tok2vec.initialize(X=non_empty) if non_empty else tok2vec.initialize()
     if not head.has_dim("nI"):
         sample = non_empty[:8]
-        widths = {f.shape[1] for f in tok2vec.predict(sample) if f.shape[0]}
+        features = tok2vec.predict(sample)
+        widths = {f.shape[1] for f in features if f.shape[0]}
         if len(widths) != 1:
             raise ValueError(f"tok2vec gave token vectors of inconsistent widths {widths}")
         head.set_dim("nI", widths.pop())
@@ -218,8 +229,10 @@ def _convert_head_outputs(model: Model, inputs_outputs, is_train: bool):
 
 
 def uses_listener(model: Model) -> bool:
-    """Whether the model's tok2vec listens to a shared transformer component."""
-    return any(node.name == "transformer-listener" for node in model.get_ref("tok2vec").walk())
+    """Whether the model's tok2vec listens to a shared upstream component (spacy-transformers'
+    TransformerListener or spaCy's Tok2VecListener): such a listener gives one output per
+    batch, so it cannot give two encoder views."""
+    return any(isinstance(node, (TransformerListener, Tok2VecListener)) for node in model.get_ref("tok2vec").walk())
 
 
 def _forward(

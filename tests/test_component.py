@@ -439,3 +439,64 @@ def test_initialize_again_starts_the_span_head_afresh(tiny_encoder):
     nlp.initialize(lambda: examples)
     fresh = span_head_module(nlp.get_pipe("span_contproto").model)
     assert not all(torch.all(p == 0.123) for p in fresh.parameters())
+
+
+def test_initialize_again_takes_the_new_data_labels(tiny_encoder):
+    vocab = spacy.blank("xx").vocab
+    nlp = build_initialized(tiny_encoder, synthetic_docs(vocab, 10, seed=3))
+    assert set(nlp.get_pipe("span_contproto").labels) == {"PER", "ORG", "LOC", "MISC"}
+    docs = [Doc(nlp.vocab, words=["Ann", "lives", "in", "Rome"], ents=["B-FOO", "O", "O", "B-BAR"])] * 4
+    nlp.initialize(lambda: [Example(nlp.make_doc(d.text), d) for d in docs])
+    assert nlp.get_pipe("span_contproto").labels == ("FOO", "BAR")
+    assert {ent.label_ for ent in nlp("Ann lives in Rome").ents} <= {"FOO", "BAR"}
+
+
+def test_labels_added_before_the_first_initialize_join_the_data_labels(tiny_encoder):
+    docs = synthetic_docs(spacy.blank("xx").vocab, 10, seed=3)
+    nlp = spacy.util.load_model_from_config(teacher_config(tiny_encoder), auto_fill=True)
+    nlp.get_pipe("span_contproto").add_label("EXTRA")
+    nlp.initialize(lambda: [Example(nlp.make_doc(d.text), d) for d in docs])
+    assert set(nlp.get_pipe("span_contproto").labels) == {"EXTRA", "PER", "ORG", "LOC", "MISC"}
+
+
+def tok2vec_listener_nlp(views="auto"):
+    nlp = spacy.blank("xx")
+    nlp.add_pipe("tok2vec", config={"model": {
+        "@architectures": "spacy.HashEmbedCNN.v2", "width": 32, "depth": 1, "embed_size": 500, "window_size": 1,
+        "maxout_pieces": 2, "subword_features": True, "pretrained_vectors": None}})
+    nlp.add_pipe("span_contproto", config={
+        "model": {"token_features": "pooled",
+                  "tok2vec": {"@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "*"}},
+        "contproto": {"@misc": "spacy_contproto.ContProto.v1", "views": views}})
+    examples = [Example(nlp.make_doc(d.text), d) for d in synthetic_docs(nlp.vocab, 8, seed=3)]
+    nlp.initialize(lambda: examples)
+    return nlp, examples
+
+
+def test_a_spacy_tok2vec_listener_gets_head_views_and_one_backprop_per_update():
+    nlp, examples = tok2vec_listener_nlp()
+    assert nlp.get_pipe("span_contproto")._view_source() == "head"
+    listener = nlp.get_pipe("tok2vec").listeners[-1]
+    backprops = []
+    receive = listener.receive
+
+    def counting_receive(batch_id, outputs, backprop):
+        receive(batch_id, outputs, lambda d_outputs: (backprops.append(1), backprop(d_outputs))[1])
+
+    listener.receive = counting_receive
+    losses = nlp.update(examples, sgd=nlp.create_optimizer())
+    assert len(backprops) == 1 and losses["span_contproto"] > 0
+
+
+def test_encoder_views_with_a_spacy_tok2vec_listener_are_a_clear_error():
+    with pytest.raises(ValueError, match='views = "encoder" needs the component\'s own'):
+        nlp, examples = tok2vec_listener_nlp(views="encoder")
+        nlp.update(examples)
+
+
+def test_a_listener_with_no_upstream_component_is_a_clear_error():
+    nlp = spacy.blank("xx")
+    nlp.add_pipe("span_contproto")  # listens to a `transformer` component the pipeline lacks
+    examples = [Example(nlp.make_doc(d.text), d) for d in synthetic_docs(nlp.vocab, 4, seed=3)]
+    with pytest.raises(ValueError, match="none placed before span_contproto"):
+        nlp.initialize(lambda: examples)
