@@ -34,10 +34,11 @@ def pseudo_label_command(
     import spacy
     from wasabi import msg
 
-    from .pseudo_label import pseudo_label_file, read_target_docbin
+    from .pseudo_label import check_output_path, pseudo_label_file, read_target_docbin
 
     try:
-        targets = read_target_docbin(input_path)  # a wrong input fails before the teacher loads
+        check_output_path(output_path)  # a wrong input or output fails before the teacher loads
+        targets = read_target_docbin(input_path)
         if gpu_id >= 0:
             spacy.require_gpu(gpu_id)
         nlp = spacy.load(teacher)
@@ -118,7 +119,11 @@ def convert_corpus_command(
                 encoding=encoding, scheme=scheme, max_columns=max_columns,
             )
     except (OSError, ValueError) as err:
-        msg.fail(str(err), exits=1)
+        hint = ""
+        if isinstance(err, ValueError) and ": one column (" in str(err):
+            # the likeliest cause: unlabelled target text converted without the flag for it
+            hint = " A file of words only is unlabelled text: convert it with --unlabelled (without --keep-gold)."
+        msg.fail(str(err) + hint, exits=1)
     if stats.stray_i:
         msg.warn(stats.stray_i_message())
     if stats.spaces_look_like_separators:

@@ -328,6 +328,13 @@ def test_cli_errors_without_traceback(tmp_path):
     assert f"{bad}:2: unknown NER tag 'X-PER'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "bad.spacy").exists()
+    # unlabelled text converted as labelled (or with its gold kept): the message names the flag
+    words = write(tmp_path, "Anna\nlacht\n", name="words.txt")
+    for flags in ([], ["--unlabelled", "--keep-gold"]):
+        result = run_cli(words, tmp_path / "w.spacy", *flags)
+        said = " ".join(result.stdout.split())
+        assert result.returncode == 1 and "one column" in said and "convert it with --unlabelled (without --keep-gold)" in said
+    assert run_cli(words, tmp_path / "w.spacy", "--unlabelled").returncode == 0
     result = run_cli(write(tmp_path, "no O\nentity O\n", name="plain.conll"), tmp_path / "p.spacy")
     assert result.returncode == 0 and "plain.conll has no entities" in result.stdout
     result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")

@@ -107,7 +107,7 @@ def test_packaged_wheel_installs_and_loads(project_run, tmp_path):
     # the pseudo-label command takes an installed package name as well as a folder
     out = tmp_path / "de_train.pl.spacy"
     label = subprocess.run([str(python), "-m", "spacy_contproto", "pseudo-label", "xx_contproto_demo",
-                            str(project_run / "corpus" / "de_train.spacy"), str(out)],
+                            str(project_run / "corpus" / "target_train" / "de_train.spacy"), str(out)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert label.returncode == 0, label.stdout + label.stderr
     assert "Pseudo-labelled 96 Docs" in label.stdout and out.stat().st_size > 0
@@ -141,14 +141,18 @@ def run_script(folder, script, *args) -> subprocess.CompletedProcess:
     return result
 
 
-def test_new_target_file_leaves_the_teacher_alone(project_run, tiny_encoder):
-    # the teacher reads the source language's files only
+def test_changed_test_set_reruns_only_evaluation(project_run, tiny_encoder):
+    # the teacher reads the source language's files only; pseudo-labelling and the students the
+    # target train sets and the pseudo labels, not the test sets
     test_file = project_run / "corpus" / "de_test.spacy"
     original = test_file.read_bytes()
     try:
         test_file.write_bytes(original + b"\0")
-        dry = subprocess.run(project_cmd("train-teacher", project_run, tiny_encoder, "--dry"), capture_output=True, text=True)
-        assert "Skipping 'train-teacher': nothing changed" in dry.stdout, dry.stdout
+        for step in ("train-teacher", "pseudo-label", "train-contproto"):
+            dry = subprocess.run(project_cmd(step, project_run, tiny_encoder, "--dry"), capture_output=True, text=True)
+            assert f"Skipping '{step}': nothing changed" in dry.stdout, dry.stdout
+        dry = subprocess.run(project_cmd("evaluate", project_run, tiny_encoder, "--dry"), capture_output=True, text=True)
+        assert "Skipping 'evaluate'" not in dry.stdout, dry.stdout
     finally:
         test_file.write_bytes(original)
 
@@ -253,21 +257,22 @@ def test_convert_reads_a_words_only_target_train_file(tmp_path):
     result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 sentences (unlabelled, words only" in result.said
-    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    docs = list(DocBin().from_disk(scripts / "corpus" / "target_train" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
     assert [len(d) for d in docs] == [2, 2] and not any(d.has_annotation("ENT_IOB") for d in docs)
     # a tagged target train file keeps its gold aside; a file mixing both is refused
     (data / "de" / "train.txt").write_text("Anna B-PER\nlacht O\n\nin O\nBerlin B-LOC\n")
     result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
     assert result.returncode == 0 and "(unlabelled, gold aside)" in result.said
-    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    docs = list(DocBin().from_disk(scripts / "corpus" / "target_train" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
     assert [[e.label_ for e in d.ents] for d in docs] == [["PER"], ["LOC"]]
     (data / "de" / "train.txt").write_text("Anna B-PER\nlacht O\n\nin\nBerlin\n")
     result = run_script(scripts, "convert.py", "assets", "mine", "en", "de", "corpus")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "one column" in result.said
     # the refused file left the earlier output as it was, and no partial file
-    docs = list(DocBin().from_disk(scripts / "corpus" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
+    docs = list(DocBin().from_disk(scripts / "corpus" / "target_train" / "de_train.spacy").get_docs(spacy.blank("xx").vocab))
     assert [[e.label_ for e in d.ents] for d in docs] == [["PER"], ["LOC"]]
-    assert sorted(p.name for p in (scripts / "corpus").iterdir()) == ["de_test.spacy", "de_train.spacy", "en_dev.spacy", "en_train.spacy"]
+    assert sorted(p.name for p in (scripts / "corpus").iterdir()) == ["de_test.spacy", "en_dev.spacy", "en_train.spacy", "target_train"]
+    assert [p.name for p in (scripts / "corpus" / "target_train").iterdir()] == ["de_train.spacy"]
 
 
 def test_report_span_vectors_keep_every_gold_entity(trained_teacher, monkeypatch):

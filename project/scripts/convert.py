@@ -5,7 +5,10 @@ Files are found as {data}/{dataset}/{lang}/{split}.* (the layout of ../shared/da
 so the same for the same sizes and languages) is written first, every time, so that
 changed `demo_train` or `targets` take effect. Target train sets become unlabelled Docs with
 their gold kept aside (for pseudo-label quality only); a target train file of words only (one
-column, no tags) is read as such, and its training then logs no pseudo-label quality."""
+column, no tags) is read as such, and its training then logs no pseudo-label quality.
+Target train sets go to {output}/target_train/, the other files to {output}/: the steps that read
+only the target train sets (pseudo-labelling) depend on that folder alone, so a changed test
+set does not rerun them."""
 from pathlib import Path
 
 import typer
@@ -14,6 +17,8 @@ from wasabi import msg
 from spacy_contproto import corpus
 from spacy_contproto.corpus import convert_file
 from spacy_contproto.demo import write_demo_corpus
+
+TARGET_TRAIN = "target_train"  # project.yml's pseudo-label step reads (and depends on) this subfolder
 
 
 def find_split(data: Path, dataset: str, lang: str, split: str) -> Path:
@@ -28,7 +33,7 @@ def main(
     dataset: str = typer.Argument(..., help="Dataset folder (or glob) inside data, e.g. demo, conll200*, wikiann"),
     source: str = typer.Argument(..., help="Source language"),
     targets: str = typer.Argument(..., help="Target languages, comma-separated"),
-    output: Path = typer.Argument(..., help="Output folder for .spacy files"),
+    output: Path = typer.Argument(..., help="Output folder for .spacy files (target train sets in its target_train/)"),
     demo_train: int = typer.Option(600, help="Demo corpus: train sentences per language (dev 1/4, test 1/3 of it)"),
     package_target: str = typer.Option("", help="The target whose student `package` builds: checked here, at the start"),
 ) -> None:
@@ -52,11 +57,13 @@ def main(
     jobs += [(t, "train", True) for t in target_langs] + [(t, "test", False) for t in target_langs]
     for lang, split, unlabelled in jobs:
         path = find_split(data, dataset, lang, split)
-        out = output / f"{lang}_{split}.spacy"
+        folder = output / TARGET_TRAIN if unlabelled else output
+        out = folder / f"{lang}_{split}.spacy"
         kind = "unlabelled, gold aside" if unlabelled else "labelled"
         # written beside and moved into place: a refused file leaves an earlier output alone
-        partial = output / f".{lang}_{split}.partial.spacy"
+        partial = folder / f".{lang}_{split}.partial.spacy"
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             try:  # a tagged target file keeps its gold aside
                 stats = convert_file(path, partial, unlabelled=unlabelled, keep_gold=unlabelled)
             except ValueError as tagged_error:

@@ -11,7 +11,7 @@ from spacy_contproto.pseudo_label import pseudo_label_file
 
 def main(
     teacher: Path = typer.Argument(..., help="Teacher pipeline"),
-    corpus: Path = typer.Argument(..., help="Folder with {lang}_train.spacy"),
+    corpus: Path = typer.Argument(..., help="Folder with {lang}_train.spacy (the project's corpus/target_train)"),
     targets: str = typer.Argument(..., help="Target languages, comma-separated"),
     output: Path = typer.Argument(..., help="Folder for {lang}_train.pl.spacy"),
     gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
