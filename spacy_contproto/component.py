@@ -326,6 +326,13 @@ class SpanContProto(TrainablePipe):
                 f"component does not know: {unknown}; component labels: {list(self.labels)}. "
                 "Pseudo-label with a teacher trained on the same label set."
             )
+        if OUTSIDE_LABEL not in classes:
+            # its rows would be renormalised over the entity classes: every span an entity
+            raise ValueError(
+                f"{self.name}: the pseudo labels of target Doc {doc_id!r} have no {OUTSIDE_LABEL!r} class "
+                f"(classes {list(classes)}): they are not span_contproto's pseudo-label format "
+                "(spacy_contproto/pseudo_labels.py); pseudo-label with `python -m spacy_contproto pseudo-label`."
+            )
         if max_len != self.max_span_length:
             raise ValueError(
                 f"{self.name}: target Doc {doc_id!r} was pseudo-labelled with max_span_length="
@@ -503,8 +510,8 @@ class SpanContProto(TrainablePipe):
     def _compute_losses(self, examples: List[Example], outputs: SpanOutputs) -> "LossResult":
         """Source cross-entropy (eq. 1: "O" spans weighted by neg_span_weight, spans
         touching a token with missing annotation left out, averaged per Doc, then over
-        the Docs of the batch; convert-corpus writes one sentence per Doc), soft cross-entropy against the pseudo labels of target spans
-        (eq. 2), supervised contrastive loss over the projected spans of both views
+        the Docs of the batch; convert-corpus writes one sentence per Doc), soft
+        cross-entropy against the pseudo labels of target spans (eq. 2), supervised contrastive loss over the projected spans of both views
         (eq. 4-5) and symmetric KL between the views (eq. 6). With two views, eq. 1
         and 2 are averaged over the views."""
         s = self.settings
@@ -528,7 +535,7 @@ class SpanContProto(TrainablePipe):
         target_ids = [self._read_id(eg) for eg, target in zip(examples, target_doc) if target]
         # duplicates of a target Doc in a batch each read the same stored rows
         pseudo = torch.as_tensor(
-            self.state.pseudo_labels(target_ids) if target_ids else numpy.zeros((0, n_classes), "f"),
+            self.state.pseudo_labels(target_ids, lengths[target_doc]) if target_ids else numpy.zeros((0, n_classes), "f"),
             device=device,
         )
         with torch.no_grad():

@@ -203,6 +203,11 @@ class PseudoLabelStore:
             raise KeyError(f"document {doc_id!r} has no pseudo labels in the store") from None
         return slice(offset, offset + n)
 
+    def row_counts(self, doc_ids: Sequence[str]) -> numpy.ndarray:
+        """The number of stored rows (spans) of each document."""
+        slices = [self._slice(i) for i in doc_ids]
+        return numpy.asarray([where.stop - where.start for where in slices], dtype=numpy.int64)
+
     def get(self, doc_id: str) -> numpy.ndarray:
         return numpy.asarray(self._labels[self._slice(doc_id)], dtype=numpy.float32)
 

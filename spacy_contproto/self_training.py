@@ -65,7 +65,9 @@ class SelfTrainingState:
             Path(s.quality_log).unlink()
         self.log_quality(epoch=0)
 
-    def pseudo_labels(self, doc_ids: Sequence[str]) -> numpy.ndarray:
+    def pseudo_labels(self, doc_ids: Sequence[str], span_counts: Optional[Sequence[int]] = None) -> numpy.ndarray:
+        """The stored rows of the documents, concatenated; span_counts: each document's spans in
+        this batch, which must be its rows (one per span, in the order they were labelled)."""
         if self.store is None:
             raise ValueError(
                 "span_contproto got target-language Docs in training but has no pseudo-label store: "
@@ -76,6 +78,17 @@ class SelfTrainingState:
                 "span_contproto initialize (configs/contproto_cpu.cfg builds it afresh); to start from a "
                 "teacher, source the transformer only."
             )
+        if span_counts is not None:
+            rows = self.store.row_counts(doc_ids)
+            wrong = numpy.flatnonzero(rows != numpy.asarray(span_counts))
+            if wrong.size:
+                i = int(wrong[0])
+                raise ValueError(
+                    f"span_contproto: target Doc {doc_ids[i]!r} has {span_counts[i]} spans in this batch but "
+                    f"{rows[i]} pseudo-label rows: its tokens or sentence boundaries changed after it was "
+                    "pseudo-labelled (e.g. by a sentencizer or senter in [training] annotating_components). "
+                    "Pseudo-label the Docs with the sentence boundaries training gives them."
+                )
         return self.store.gather(doc_ids)
 
     # schedule -----------------------------------------------------------------

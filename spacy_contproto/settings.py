@@ -76,8 +76,9 @@ class ContProtoSettings:
             raise ValueError(f"store_dir must be a folder (or not exist yet), got the file {self.store_dir}")
         if self.quality_log is not None and Path(self.quality_log).is_dir():
             raise ValueError(f"quality_log must be a file path (JSONL), got the folder {self.quality_log}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        for name in ("warmup_epochs", "max_epochs", "store_max_ram_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def warn_about_training(self) -> None:
         """Settings that train without error but cannot do what they are meant to (warned
@@ -93,6 +94,13 @@ class ContProtoSettings:
                 "contproto prototypes live in the projection space, which only the contrastive loss "
                 "trains; with contrastive_loss = false it stays at its random initialisation. Use "
                 'prototype_space = "representation" (the paper\'s ablation proto w/o cl).'
+            )
+        if self.prototypes and self.beta_schedule == "linear" and self.max_epochs <= self.warmup_epochs + 1:
+            # beta_for_epoch needs the last epoch to run from beta to beta_end
+            warnings.warn(
+                f"contproto beta_schedule = \"linear\" with max_epochs = {self.max_epochs} (from [training] "
+                f"max_epochs; 0 when training is bounded by max_steps) and warmup_epochs = {self.warmup_epochs}: "
+                f"beta stays at {self.beta}. The schedule needs at least warmup_epochs + 2 epochs."
             )
 
     @property

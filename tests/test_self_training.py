@@ -119,6 +119,13 @@ def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
     result = pseudo_label()
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
+    # an output the training readers would skip in a target folder
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+         str(target_corpus["raw"]), str(tmp_path / "out.pl")], capture_output=True, text=True,
+    )
+    said = " ".join(result.stdout.split())
+    assert result.returncode == 1 and "must end in .spacy" in said and not (tmp_path / "out.pl").exists()
     # a batch size of 0 would write an empty file and report success
     result = pseudo_label("--batch-size", "0")
     assert result.returncode != 0 and "batch-size" in result.stdout + result.stderr
@@ -439,6 +446,14 @@ def test_unknown_pseudo_label_classes_are_a_clear_error(tmp_path, tiny_encoder, 
     nlp = contproto_nlp(tiny_encoder, synthetic_corpus, bad)
     with pytest.raises(ValueError, match=r"classes the component does not know: \['DATE'\]"):
         initialize(nlp, synthetic_corpus, bad)
+    docs = list(DocBin(store_user_data=True).from_disk(target_corpus["pseudo_labelled"]).get_docs(vocab))
+    for doc in docs:  # no "O" column: every span would become an entity
+        doc_id, probs, classes, max_len = decode_payload(doc.user_data[PAYLOAD_KEY])
+        keep = [i for i, c in enumerate(classes) if c != "O"]
+        doc.user_data[PAYLOAD_KEY] = encode_payload(doc_id, probs[:, keep], [classes[i] for i in keep], max_len)
+    DocBin(docs=docs, store_user_data=True).to_disk(bad)
+    with pytest.raises(ValueError, match=r"have no 'O' class"):
+        initialize(contproto_nlp(tiny_encoder, synthetic_corpus, bad), synthetic_corpus, bad)
 
 
 def test_prototypes_and_margins_saved_with_component(tiny_encoder, synthetic_corpus, target_corpus, tmp_path):
@@ -518,3 +533,18 @@ def test_quality_log_counts_target_gold_of_labels_the_component_lacks(tmp_path, 
         initialize(nlp, synthetic_corpus, target)
     quality = nlp.get_pipe("span_contproto").state.quality()
     assert quality["n_gold"] == n_gold  # the FOO entity counts, as a miss
+
+
+def test_target_doc_whose_spans_no_longer_match_its_pseudo_labels_is_a_clear_error(tiny_encoder, synthetic_corpus,
+                                                                                   target_corpus):
+    from spacy_contproto.component import is_target
+
+    target = target_corpus["pseudo_labelled"]
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target)
+    examples, optimizer = initialize(nlp, synthetic_corpus, target)
+    batch = [eg for eg in examples if is_target(eg) and len(eg.predicted) > 3][:2]
+    nlp.update(batch, sgd=optimizer)  # as labelled: fine
+    # a sentence boundary set after pseudo-labelling (as an annotating sentencizer would) removes spans
+    batch[1].predicted[2].is_sent_start = True
+    with pytest.raises(ValueError, match=r"target Doc '.+' has \d+ spans in this batch but \d+ pseudo-label rows"):
+        nlp.update(batch, sgd=optimizer)

@@ -86,3 +86,18 @@ def test_first_refinement_margins_from_warmup_or_zero():
     # the published code refines its first epoch with margin 0, later ones from the previous epoch
     assert margins_by_epoch("zero") == [None, [0.0, 0.0, 0.0], pytest.approx(from_warmup), pytest.approx(from_warmup)]
     assert margins_by_epoch("zero", warmup_epochs=2) == [None, None, [0.0, 0.0, 0.0], pytest.approx(from_warmup)]
+
+
+@pytest.mark.parametrize("name", ["warmup_epochs", "max_epochs", "store_max_ram_mb"])
+def test_negative_counts_are_refused(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        ContProtoSettings(**{name: -1})
+
+
+def test_a_linear_beta_without_epochs_to_run_over_warns():
+    with pytest.warns(UserWarning, match="beta stays at 0.95"):
+        ContProtoSettings(beta_schedule="linear", max_epochs=0).warn_about_training()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContProtoSettings(beta_schedule="linear", max_epochs=4).warn_about_training()
+        ContProtoSettings(beta_schedule="constant", max_epochs=0).warn_about_training()
