@@ -76,7 +76,8 @@ class ContProtoSettings:
             raise ValueError(f"store_dir must be a folder (or not exist yet), got the file {self.store_dir}")
         if self.quality_log is not None and Path(self.quality_log).is_dir():
             raise ValueError(f"quality_log must be a file path (JSONL), got the folder {self.quality_log}")
-        for name in ("warmup_epochs", "max_epochs", "store_max_ram_mb"):
+        # max_epochs: [training] max_epochs = -1 (streaming) is refused at initialize, with why
+        for name in ("warmup_epochs", "store_max_ram_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -88,7 +88,7 @@ def test_first_refinement_margins_from_warmup_or_zero():
     assert margins_by_epoch("zero", warmup_epochs=2) == [None, None, [0.0, 0.0, 0.0], pytest.approx(from_warmup)]
 
 
-@pytest.mark.parametrize("name", ["warmup_epochs", "max_epochs", "store_max_ram_mb"])
+@pytest.mark.parametrize("name", ["warmup_epochs", "store_max_ram_mb"])
 def test_negative_counts_are_refused(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 0"):
         ContProtoSettings(**{name: -1})
