@@ -230,8 +230,8 @@ PAPER_ROW = {"vanilla": "w/o proto & cl", "contproto": "ContProto", "no_proto": 
              "fixed_margin": "fixed margin", "proto_no_cl": "proto w/o cl"}
 # where the paper's row beside a variant is not the same ablation
 PAPER_ROW_NOTES = {"vanilla": "Paper beside vanilla self-training: its w/o proto & cl, which keeps the consistency "
-                              "regularisation (the paper's w/o reg costs 0.05-0.24 F1); the paper reports no run "
-                              "without all three."}
+                              "regularisation (the paper's w/o reg costs 0.05-0.24 F1 over its six targets); the "
+                              "paper reports no run without all three."}
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -120,9 +120,10 @@ def convert_corpus_command(
             )
     except (OSError, ValueError) as err:
         hint = ""
-        if isinstance(err, ValueError) and ": one column (" in str(err):
-            # the likeliest cause: unlabelled target text converted without the flag for it
-            hint = " A file of words only is unlabelled text: convert it with --unlabelled (without --keep-gold)."
+        if isinstance(err, ValueError) and ": one column (" in str(err) and _words_only(input_path, encoding):
+            # unlabelled target text converted without the flag for it (a labelled file with a
+            # line that lost its tag gets no hint: --unlabelled would drop all its gold)
+            hint = " The file holds words only, which is unlabelled text: convert it with --unlabelled (without --keep-gold)."
         msg.fail(str(err) + hint, exits=1)
     if stats.stray_i:
         msg.warn(stats.stray_i_message())
@@ -154,6 +155,20 @@ def convert_corpus_command(
     msg.good(
         f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
     )
+
+
+def _words_only(input_path: Path, encoding: Optional[str]) -> bool:
+    """Whether every token line of a CoNLL/TSV file has one column (a second read, on error only)."""
+    import tempfile
+
+    from .corpus import convert_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            stats = convert_file(input_path, Path(folder) / "words.spacy", unlabelled=True, encoding=encoding)
+        except (OSError, ValueError):
+            return False
+    return set(stats.columns) == {1}
 
 
 def _register_with_spacy_cli() -> None:

@@ -291,6 +291,7 @@ class SpanContProto(TrainablePipe):
     def _build_store(self, targets: List[Example]) -> None:
         entries: Dict[str, numpy.ndarray] = {}
         oracle: Dict[str, OracleEntry] = {}
+        span_arrays: Dict[str, numpy.ndarray] = {}
         label_index = self._label_indices()
         unknown_gold: Counter = Counter()
         for eg in targets:
@@ -298,6 +299,7 @@ class SpanContProto(TrainablePipe):
             if doc_id in entries:
                 continue
             entries[doc_id] = probs
+            span_arrays[doc_id] = spans
             gold = eg.reference.user_data.get(ORACLE_KEY)
             if gold is not None:
                 unknown_gold.update(l for _, _, l in gold if l not in label_index)
@@ -313,7 +315,13 @@ class SpanContProto(TrainablePipe):
                 f"({detail}); they count as misses in the log's recall."
             )
         assert self.state is not None
-        self.state.build_store(entries, oracle)
+        self.state.build_store(entries, oracle, span_arrays)
+
+    @staticmethod
+    def _target_spans(spans: Ragged, target_doc: numpy.ndarray) -> List[numpy.ndarray]:
+        """The span arrays of the batch's target Docs."""
+        ends = numpy.cumsum(spans.lengths)
+        return [spans.data[end - n : end] for end, n, target in zip(ends, spans.lengths, target_doc) if target]
 
     def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray, numpy.ndarray]:
         """The target Doc's id, teacher probabilities (columns in this component's
@@ -535,7 +543,8 @@ class SpanContProto(TrainablePipe):
         target_ids = [self._read_id(eg) for eg, target in zip(examples, target_doc) if target]
         # duplicates of a target Doc in a batch each read the same stored rows
         pseudo = torch.as_tensor(
-            self.state.pseudo_labels(target_ids, lengths[target_doc]) if target_ids else numpy.zeros((0, n_classes), "f"),
+            self.state.pseudo_labels(target_ids, self._target_spans(outputs.spans, target_doc))
+            if target_ids else numpy.zeros((0, n_classes), "f"),
             device=device,
         )
         with torch.no_grad():

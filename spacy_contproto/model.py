@@ -140,9 +140,9 @@ def _init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     if any(isinstance(node, TransformerListener) and not node.has_dim("nO") for node in tok2vec.walk()):
         # the upstream transformer component sets its listeners' width when it links them
         raise ValueError(
-            "span_contproto's tok2vec listens to a `transformer` component, but none placed before "
-            "span_contproto in the pipeline feeds it (no upstream component linked the listener): add the "
-            "transformer component before span_contproto, or embed the encoder in span_contproto's own model "
+            "span_contproto's tok2vec listens to a `transformer` component, but no such component has "
+            "linked it: add the transformer component before span_contproto in the pipeline and initialize "
+            "the whole pipeline (nlp.initialize()), or embed the encoder in span_contproto's own model "
             "(tok2vec = spacy-transformers.Tok2VecTransformer.v3, see README)."
         )
     # a transformer cannot be initialised on empty Docs alone
@@ -264,7 +264,7 @@ def _forward(
     if n_encoder_passes > 1 and uses_listener(model):
         raise ValueError(
             "span_contproto: views = \"encoder\" needs the component's own (embedded) "
-            "transformer; with a listener to a shared transformer use views = \"head\"."
+            "transformer; with a listener to a shared component (transformer or tok2vec) use views = \"head\"."
         )
     if n_encoder_passes > 1 and is_train and any(
         getattr(shim, "_mixed_precision", False) for node in tok2vec.walk() for shim in node.shims

@@ -1,5 +1,6 @@
 """Run state of ContProto self-training: prototypes and margins, the pseudo-label
 store, the epoch schedule and the oracle pseudo-label quality (no spaCy here)."""
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -18,6 +19,11 @@ from .spans import OUTSIDE, decode_non_overlapping
 OracleEntry = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
 
 
+def span_digest(spans: numpy.ndarray) -> bytes:
+    """A short fingerprint of a document's (n, 2) span array."""
+    return hashlib.blake2b(numpy.ascontiguousarray(spans, dtype=numpy.int64).tobytes(), digest_size=8).digest()
+
+
 class SelfTrainingState:
     def __init__(self, settings: ContProtoSettings, class_names: Sequence[str], prototype_width: int):
         self.settings = settings
@@ -27,6 +33,7 @@ class SelfTrainingState:
         )
         self.store: Optional[PseudoLabelStore] = None
         self.oracle: Dict[str, OracleEntry] = {}
+        self.span_digests: Dict[str, bytes] = {}
         self.epoch = 0
         self.step = 0
         self.epoch_known = False
@@ -35,8 +42,14 @@ class SelfTrainingState:
 
     # pseudo labels ------------------------------------------------------------
 
-    def build_store(self, entries: Dict[str, numpy.ndarray], oracle: Dict[str, OracleEntry]) -> None:
+    def build_store(
+        self, entries: Dict[str, numpy.ndarray], oracle: Dict[str, OracleEntry],
+        spans: Optional[Dict[str, numpy.ndarray]] = None,
+    ) -> None:
+        """entries: each document's pseudo-label rows; spans: the (n, 2) spans those rows belong to,
+        which pseudo_labels checks each batch's spans against."""
         s = self.settings
+        self.span_digests = {doc_id: span_digest(doc_spans) for doc_id, doc_spans in (spans or {}).items()}
         # in memory or a temporary folder until training starts (begin_training)
         self.store = PseudoLabelStore.create(entries, self.class_names, None, max_ram_bytes=s.store_max_ram_mb * (1 << 20))
         self.oracle = oracle
@@ -65,9 +78,11 @@ class SelfTrainingState:
             Path(s.quality_log).unlink()
         self.log_quality(epoch=0)
 
-    def pseudo_labels(self, doc_ids: Sequence[str], span_counts: Optional[Sequence[int]] = None) -> numpy.ndarray:
-        """The stored rows of the documents, concatenated; span_counts: each document's spans in
-        this batch, which must be its rows (one per span, in the order they were labelled)."""
+    def pseudo_labels(
+        self, doc_ids: Sequence[str], doc_spans: Optional[Sequence[numpy.ndarray]] = None
+    ) -> numpy.ndarray:
+        """The stored rows of the documents, concatenated; doc_spans: each document's spans in
+        this batch, which must be the spans its rows were labelled for, in order."""
         if self.store is None:
             raise ValueError(
                 "span_contproto got target-language Docs in training but has no pseudo-label store: "
@@ -78,18 +93,23 @@ class SelfTrainingState:
                 "span_contproto initialize (configs/contproto_cpu.cfg builds it afresh); to start from a "
                 "teacher, source the transformer only."
             )
-        if span_counts is not None:
-            rows = self.store.row_counts(doc_ids)
-            wrong = numpy.flatnonzero(rows != numpy.asarray(span_counts))
-            if wrong.size:
-                i = int(wrong[0])
-                raise ValueError(
-                    f"span_contproto: target Doc {doc_ids[i]!r} has {span_counts[i]} spans in this batch but "
-                    f"{rows[i]} pseudo-label rows: its tokens or sentence boundaries changed after it was "
-                    "pseudo-labelled (e.g. by a sentencizer or senter in [training] annotating_components). "
-                    "Pseudo-label the Docs with the sentence boundaries training gives them."
-                )
+        if doc_spans is not None:
+            self._check_spans(doc_ids, doc_spans)
         return self.store.gather(doc_ids)
+
+    def _check_spans(self, doc_ids: Sequence[str], doc_spans: Sequence[numpy.ndarray]) -> None:
+        # moved sentence boundaries can keep a Doc's number of spans and change which they are
+        for doc_id, spans in zip(doc_ids, doc_spans):
+            expected = self.span_digests.get(doc_id)
+            if expected is not None and span_digest(spans) != expected:
+                rows = int(self.store.row_counts([doc_id])[0])
+                raise ValueError(
+                    f"span_contproto: the spans of target Doc {doc_id!r} in this batch ({len(spans)}) are not "
+                    f"the spans its {rows} pseudo-label rows were made for: its tokens or sentence boundaries "
+                    "changed after it was pseudo-labelled (e.g. by a sentencizer or senter in [training] "
+                    "annotating_components). Pseudo-label the Docs with the sentence boundaries training "
+                    "gives them."
+                )
 
     # schedule -----------------------------------------------------------------
 
@@ -115,10 +135,11 @@ class SelfTrainingState:
         if not self.epoch_known:
             if not self._warned_no_epochs:
                 # with warm-up 0 it refines, but no epoch ever ends: the margins are never computed
+                margins = "the class margins are never computed (refinement uses their start, 0), " if s.margin == "class" else ""
                 consequence = (
                     "pseudo labels stay in warm-up and are never refined" if s.warmup_epochs > 0 else
-                    "no epoch ever ends for it: pseudo labels are refined with every margin at 0, "
-                    "the refined labels are never flushed and the quality log never passes epoch 0"
+                    f"no epoch ever ends for it: {margins}the refined labels are never flushed and "
+                    "the quality log never passes epoch 0"
                 )
                 warnings.warn(
                     f"span_contproto does not know the training epoch, so {consequence}. Add the callback "

@@ -498,5 +498,5 @@ def test_a_listener_with_no_upstream_component_is_a_clear_error():
     nlp = spacy.blank("xx")
     nlp.add_pipe("span_contproto")  # listens to a `transformer` component the pipeline lacks
     examples = [Example(nlp.make_doc(d.text), d) for d in synthetic_docs(nlp.vocab, 4, seed=3)]
-    with pytest.raises(ValueError, match="none placed before span_contproto"):
+    with pytest.raises(ValueError, match="no such component has linked it"):
         nlp.initialize(lambda: examples)

@@ -335,6 +335,9 @@ def test_cli_errors_without_traceback(tmp_path):
         said = " ".join(result.stdout.split())
         assert result.returncode == 1 and "one column" in said and "convert it with --unlabelled (without --keep-gold)" in said
     assert run_cli(words, tmp_path / "w.spacy", "--unlabelled").returncode == 0
+    # a labelled file with one line that lost its tag: no hint (--unlabelled would drop all its gold)
+    result = run_cli(write(tmp_path, "Anna B-PER\nlacht O\n\nBerlin\n", name="lost.conll"), tmp_path / "l.spacy")
+    assert result.returncode == 1 and "one column" in result.stdout and "--unlabelled" not in result.stdout
     result = run_cli(write(tmp_path, "no O\nentity O\n", name="plain.conll"), tmp_path / "p.spacy")
     assert result.returncode == 0 and "plain.conll has no entities" in result.stdout
     result = run_cli(write(tmp_path, "a O\n"), tmp_path / "x.spacy", "--lang", "qq")

@@ -158,7 +158,7 @@ def test_changed_test_set_reruns_only_evaluation(project_run, tiny_encoder):
 
 
 def test_steps_name_what_is_missing(project_run, tmp_path):
-    result = run_script(project_run, "pseudo_label.py", tmp_path / "no-teacher", "corpus", "de,nl", tmp_path / "pl")
+    result = run_script(project_run, "pseudo_label.py", tmp_path / "no-teacher", "corpus/target_train", "de,nl", tmp_path / "pl")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no-teacher does not exist: run `spacy project run train-teacher` first" in result.said
     assert "nl_train.spacy does not exist: run `spacy project run corpus` first" in result.said

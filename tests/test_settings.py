@@ -1,5 +1,6 @@
 import warnings
 
+import numpy
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_prototypes_on_an_untrained_projection_warn():
         ContProtoSettings(contrastive_loss=False, prototypes=False).warn_about_training()  # vanilla
 
 
-@pytest.mark.parametrize("warmup_epochs,consequence", [(1, "never refined"), (0, "every margin at 0")])
+@pytest.mark.parametrize("warmup_epochs,consequence", [(1, "never refined"), (0, "margins are never computed")])
 def test_refining_without_the_epoch_warns_once(warmup_epochs, consequence):
     state = SelfTrainingState(ContProtoSettings(warmup_epochs=warmup_epochs), CLASSES, prototype_width=2)
     with pytest.warns(UserWarning, match=consequence):
@@ -101,3 +102,17 @@ def test_a_linear_beta_without_epochs_to_run_over_warns():
         warnings.simplefilter("error")
         ContProtoSettings(beta_schedule="linear", max_epochs=4).warn_about_training()
         ContProtoSettings(beta_schedule="constant", max_epochs=0).warn_about_training()
+
+
+def test_pseudo_labels_refuse_spans_other_than_those_labelled_even_as_many():
+    from spacy_contproto.spans import enumerate_spans
+
+    two_four = enumerate_spans(numpy.asarray([0, 0, 1, 1, 1, 1]), 4)  # sentences of 2 and 4 tokens
+    four_two = enumerate_spans(numpy.asarray([0, 0, 0, 0, 1, 1]), 4)
+    assert len(two_four) == len(four_two) == 13
+    state = SelfTrainingState(ContProtoSettings(), CLASSES, prototype_width=2)
+    rows = numpy.full((13, len(CLASSES)), 1 / len(CLASSES), dtype=numpy.float32)
+    state.build_store({"doc": rows}, {}, {"doc": two_four})
+    assert state.pseudo_labels(["doc"], [two_four.copy()]).shape == (13, len(CLASSES))
+    with pytest.raises(ValueError, match=r"the spans of target Doc 'doc' in this batch \(13\) are not the spans its 13"):
+        state.pseudo_labels(["doc"], [four_two])
