@@ -1,6 +1,8 @@
 """Inference speed: span_contproto vs spaCy's spancat (and ner) on the same transformer.
 
-Each pipeline is transformer (shared, listener) + one span/entity component, trained
+Each pipeline is transformer (shared, listener) + one span/entity component (span_contproto_z:
+span_contproto also computing the span vectors z, which prediction skips unless
+model.attrs["predict_representations"]), trained
 for a few steps on the same labelled Docs so that predictions are realistic, then
 timed with nlp.pipe over the same texts, alternating pipelines over several rounds
 (best round counts). Writes JSON and markdown into benchmarks/results/.
@@ -77,7 +79,7 @@ def build_pipeline(component: str, encoder: str, max_span_length: int):
         overrides={"paths.encoder": encoder},
         interpolate=False,
     )
-    if component != "span_contproto":
+    if not component.startswith("span_contproto"):
         del config["components"]["span_contproto"]
         extra = SPANCAT.format(sizes=list(range(1, max_span_length + 1))) if component == "spancat" else NER
         config = spacy.util.load_config_from_str(config.to_str() + extra, interpolate=False)
@@ -141,6 +143,8 @@ def main():
         c: train_briefly(build_pipeline(c, encoder, args.max_span_length), c, train_docs, args.train_steps, 0)
         for c in components
     }
+    if "span_contproto_z" in pipelines:
+        pipelines["span_contproto_z"].get_pipe("span_contproto").model.attrs["predict_representations"] = True
     for nlp in pipelines.values():  # warm-up
         list(nlp.pipe(texts[:64], batch_size=args.batch_size))
     rounds = {c: [] for c in components}
@@ -162,6 +166,8 @@ def main():
     }
     if "spancat" in words_per_s and "span_contproto" in words_per_s:
         result["ratio_span_contproto_over_spancat"] = words_per_s["span_contproto"] / words_per_s["spancat"]
+    if "span_contproto_z" in words_per_s and "span_contproto" in words_per_s:
+        result["ratio_without_z_over_with_z"] = words_per_s["span_contproto"] / words_per_s["span_contproto_z"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     lines = [
@@ -173,6 +179,9 @@ def main():
     ]
     if "ratio_span_contproto_over_spancat" in result:
         lines += ["", f"span_contproto / spancat: **{result['ratio_span_contproto_over_spancat']:.2f}x**"]
+    if "ratio_without_z_over_with_z" in result:
+        lines += ["", f"span_contproto (prediction without z) / span_contproto_z (with z): "
+                      f"**{result['ratio_without_z_over_with_z']:.2f}x**"]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
