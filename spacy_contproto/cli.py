@@ -160,10 +160,12 @@ def convert_corpus_command(
 def _words_only(input_path: Path, encoding: Optional[str]) -> bool:
     """Whether every token line of a CoNLL/TSV file has one column (a second read, on error only)."""
     import tempfile
+    import warnings
 
     from .corpus import convert_file
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the first read's error is the one reported
         try:
             stats = convert_file(input_path, Path(folder) / "words.spacy", unlabelled=True, encoding=encoding)
         except (OSError, ValueError):
