@@ -543,6 +543,7 @@ def test_target_doc_whose_spans_no_longer_match_its_pseudo_labels_is_a_clear_err
     nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target)
     examples, optimizer = initialize(nlp, synthetic_corpus, target)
     batch = [eg for eg in examples if is_target(eg) and len(eg.predicted) > 3][:2]
+    nlp.get_pipe("span_contproto").set_training_state(epoch=0, step=0)
     nlp.update(batch, sgd=optimizer)  # as labelled: fine
     # a sentence boundary set after pseudo-labelling (as an annotating sentencizer would) changes its spans
     batch[1].predicted[2].is_sent_start = True
