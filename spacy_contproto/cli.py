@@ -34,10 +34,11 @@ def pseudo_label_command(
     import spacy
     from wasabi import msg
 
-    from .pseudo_label import check_output_path, pseudo_label_file, read_target_docbin
+    from .corpus import check_spacy_output
+    from .pseudo_label import pseudo_label_file, read_target_docbin
 
     try:
-        check_output_path(output_path)  # a wrong input or output fails before the teacher loads
+        check_spacy_output(output_path)  # a wrong input or output fails before the teacher loads
         targets = read_target_docbin(input_path)
         if gpu_id >= 0:
             spacy.require_gpu(gpu_id)

@@ -510,6 +510,13 @@ def find_split(data: Union[str, Path], dataset: str, lang: str, split: str) -> P
     return found[0]
 
 
+def check_spacy_output(output_path: Union[str, Path]) -> None:
+    """A ValueError for an output the training readers would not read: spaCy's corpus readers
+    take only .spacy files from a folder, so a target folder would silently skip it."""
+    if Path(output_path).suffix != ".spacy":
+        raise ValueError(f"output {output_path} must end in .spacy (spaCy's corpus readers only read .spacy files)")
+
+
 def convert_file(
     input_path: Union[str, Path],
     output_path: Union[str, Path],
@@ -529,10 +536,7 @@ def convert_file(
     import spacy
 
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.suffix != ".spacy":
-        raise ValueError(
-            f"output {output_path} must end in .spacy (spaCy's corpus readers only read .spacy files)"
-        )
+    check_spacy_output(output_path)
     if output_path.resolve() == input_path.resolve():
         raise ValueError(f"output {output_path} is the input file: name another output")
 

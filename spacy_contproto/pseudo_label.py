@@ -11,7 +11,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.util import minibatch
 
 from .component import SpanContProto
-from .corpus import read_docbin
+from .corpus import check_spacy_output, read_docbin
 from .pseudo_labels import PAYLOAD_KEY, encode_payload, stable_doc_ids
 
 
@@ -64,13 +64,6 @@ def pseudo_label_docs(
             yield doc
 
 
-def check_output_path(output_path: Union[str, Path]) -> None:
-    """A ValueError for an output the training readers would not read: spaCy's corpus readers
-    take only .spacy files from a folder, so a target folder would silently skip it."""
-    if Path(output_path).suffix != ".spacy":
-        raise ValueError(f"output {output_path} must end in .spacy (spaCy's corpus readers only read .spacy files)")
-
-
 def read_target_docbin(input_path: Path) -> DocBin:
     """The target Docs to pseudo-label; a ValueError for a file that is not a .spacy file or
     holds no Docs (the CLI reads them before it loads the teacher)."""
@@ -86,7 +79,7 @@ def pseudo_label_file(
 ) -> int:
     """Pseudo-label the Docs of a .spacy file (or its DocBin, read by read_target_docbin) into
     another .spacy file; returns the number of Docs."""
-    check_output_path(output_path)
+    check_spacy_output(output_path)
     doc_bin = targets if isinstance(targets, DocBin) else read_target_docbin(targets)
     docs = doc_bin.get_docs(nlp.vocab)
     labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)
