@@ -110,7 +110,7 @@ def convert_corpus_command(
 
     from wasabi import msg
 
-    from .corpus import ConllWarning, convert_file
+    from .corpus import ConllWarning, convert_file, is_words_only
 
     try:
         with warnings.catch_warnings():
@@ -121,7 +121,7 @@ def convert_corpus_command(
             )
     except (OSError, ValueError) as err:
         hint = ""
-        if isinstance(err, ValueError) and ": one column (" in str(err) and _words_only(input_path, encoding):
+        if isinstance(err, ValueError) and ": one column (" in str(err) and is_words_only(input_path, encoding=encoding):
             # unlabelled target text converted without the flag for it (a labelled file with a
             # line that lost its tag gets no hint: --unlabelled would drop all its gold)
             hint = " The file holds words only, which is unlabelled text: convert it with --unlabelled (without --keep-gold)."
@@ -156,22 +156,6 @@ def convert_corpus_command(
     msg.good(
         f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
     )
-
-
-def _words_only(input_path: Path, encoding: Optional[str]) -> bool:
-    """Whether every token line of a CoNLL/TSV file has one column (a second read, on error only)."""
-    import tempfile
-    import warnings
-
-    from .corpus import convert_file
-
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the first read's error is the one reported
-        try:
-            stats = convert_file(input_path, Path(folder) / "words.spacy", unlabelled=True, encoding=encoding)
-        except (OSError, ValueError):
-            return False
-    return set(stats.columns) == {1}
 
 
 def _register_with_spacy_cli() -> None:

@@ -510,6 +510,21 @@ def find_split(data: Union[str, Path], dataset: str, lang: str, split: str) -> P
     return found[0]
 
 
+def is_words_only(path: Union[str, Path], *, encoding: Optional[str] = None) -> bool:
+    """Whether every token line of a CoNLL/TSV file has one column (words without tags, i.e.
+    unlabelled text); False for a file that cannot be read or parsed, or that mixes lines with
+    and without tags. Used to suggest, or take, the unlabelled reading after a labelled one failed."""
+    stats = ConllStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConllWarning)
+        try:
+            for _ in read_conll(path, encoding=encoding, tagged=False, stats=stats):
+                pass
+        except ValueError:
+            return False
+    return set(stats.columns) == {1}
+
+
 def check_spacy_output(output_path: Union[str, Path]) -> None:
     """A ValueError for an output the training readers would not read: spaCy's corpus readers
     take only .spacy files from a folder, so a target folder would silently skip it."""

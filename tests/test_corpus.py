@@ -12,7 +12,8 @@ import srsly
 from spacy.tokens import DocBin
 
 from spacy_contproto.corpus import (
-    ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, read_conll, read_docbin,
+    ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, is_words_only, read_conll,
+    read_docbin,
 )
 from spacy_contproto.training import SelfTrainingCorpus
 
@@ -410,6 +411,18 @@ def test_unlabelled_data_may_have_no_tag_column(tmp_path):
     for kwargs in ({}, {"unlabelled": True, "keep_gold": True}):  # these need the tags
         with pytest.raises(ValueError, match=r"data\.conll:1: one column"):
             conll_to_docs(path, VOCAB, **kwargs)
+
+
+def test_is_words_only_tells_unlabelled_text_from_tagged_and_mixed_files(tmp_path):
+    assert is_words_only(write(tmp_path, "Angela\nMerkel\n\nParis\n", name="words.conll"))
+    assert not is_words_only(write(tmp_path, "Angela B-PER\nParis B-LOC\n", name="tagged.conll"))
+    # one line that lost its tag in a labelled file is not unlabelled text
+    assert not is_words_only(write(tmp_path, "Angela B-PER\nMerkel\n\nParis B-LOC\n", name="mixed.conll"))
+    assert not is_words_only(tmp_path / "missing.conll")
+    # a stray I- tag warns when read as data, not when only probed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not is_words_only(write(tmp_path, "Paris I-LOC\n", name="stray.conll"))
 
 
 def test_convert_file_refuses_what_would_lose_data(tmp_path):

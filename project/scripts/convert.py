@@ -15,7 +15,7 @@ import typer
 from wasabi import msg
 
 from spacy_contproto import corpus
-from spacy_contproto.corpus import convert_file
+from spacy_contproto.corpus import convert_file, is_words_only
 from spacy_contproto.demo import write_demo_corpus
 
 TARGET_TRAIN = "target_train"  # project.yml's pseudo-label step reads (and depends on) this subfolder
@@ -66,13 +66,11 @@ def main(
             folder.mkdir(parents=True, exist_ok=True)
             try:  # a tagged target file keeps its gold aside
                 stats = convert_file(path, partial, unlabelled=unlabelled, keep_gold=unlabelled)
-            except ValueError as tagged_error:
-                if not unlabelled:
-                    raise
+            except ValueError:
                 # a file of words only is unlabelled data too; one that mixes both is refused
+                if not unlabelled or not is_words_only(path):
+                    raise
                 stats = convert_file(path, partial, unlabelled=True)
-                if set(stats.columns) != {1}:
-                    raise tagged_error
                 kind = "unlabelled, words only: no pseudo-label quality log"
             partial.replace(out)
         except (ValueError, OSError) as err:
