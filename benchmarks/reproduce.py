@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -331,31 +331,17 @@ def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
     return len(docs)
 
 
-def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
-    """Rewrite a .spacy file with those entities re-tokenised by spaCy's `xx` tokenizer whose
-    re-tokenised last token is lowercase while their own is not ("British-based" -> "British - based"),
-    the entity over the new tokens; every other token kept. Returns the number split per label."""
+def _rewrite_docs(path: Path, retokenise: Callable) -> Dict[str, int]:
+    """Rewrite a .spacy file of one sentence per Doc with each Doc's tokens from
+    ``retokenise(doc, nlp, counts)`` -> (words, spaces, IOB tags), nlp a blank `xx` pipeline and
+    counts a Counter it may fill; the text, sentence start and user data kept. Returns the counts."""
     import spacy
     from spacy.tokens import Doc, DocBin
 
     nlp = spacy.blank("xx")
     docs, counts = [], Counter()
     for doc in DocBin(store_user_data=True).from_disk(path).get_docs(nlp.vocab):
-        words, spaces, tags, cursor = [], [], [], 0
-        for ent in doc.ents:
-            for token in doc[cursor:ent.start]:
-                words.append(token.text); spaces.append(bool(token.whitespace_)); tags.append("O")
-            pieces = nlp.make_doc(ent.text)
-            if pieces[-1].text.islower() and not ent[-1].text.islower():
-                counts[ent.label_] += 1
-            else:
-                pieces = ent
-            for i, token in enumerate(pieces):
-                words.append(token.text); tags.append(f"{'B' if i == 0 else 'I'}-{ent.label_}")
-                spaces.append(bool(token.whitespace_) if i < len(pieces) - 1 else bool(ent[-1].whitespace_))
-            cursor = ent.end
-        for token in doc[cursor:]:
-            words.append(token.text); spaces.append(bool(token.whitespace_)); tags.append("O")
+        words, spaces, tags = retokenise(doc, nlp, counts)
         # one Doc per sentence, its start marked as convert_file marks it
         new = Doc(nlp.vocab, words=words, spaces=spaces, ents=tags, sent_starts=[i == 0 for i in range(len(words))])
         if new.text != doc.text:
@@ -363,41 +349,69 @@ def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
         new.user_data.update(doc.user_data)
         docs.append(new)
     DocBin(docs=docs, store_user_data=True).to_disk(path)
-    return dict(sorted(counts.items()))
+    return counts
+
+
+def _entity_tokens(tokens, label: str, last_space: Optional[bool] = None):
+    """(words, spaces, IOB tags) of an entity over these tokens; last_space overrides the last
+    token's trailing space (that of the entity it replaces)."""
+    words = [t.text for t in tokens]
+    spaces = [bool(t.whitespace_) for t in tokens]
+    if last_space is not None:
+        spaces[-1] = last_space
+    return words, spaces, [f"{'B' if i == 0 else 'I'}-{label}" for i in range(len(words))]
+
+
+def _outside_tokens(tokens):
+    return [t.text for t in tokens], [bool(t.whitespace_) for t in tokens], ["O"] * len(tokens)
+
+
+def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
+    """Rewrite a .spacy file with those entities re-tokenised by spaCy's `xx` tokenizer whose
+    re-tokenised last token is lowercase while their own is not ("British-based" -> "British - based"),
+    the entity over the new tokens; every other token kept. Returns the number split per label."""
+
+    def retokenise(doc, nlp, counts):
+        words, spaces, tags, cursor = [], [], [], 0
+        for ent in [*doc.ents, None]:
+            parts = [_outside_tokens(doc[cursor:ent.start if ent is not None else len(doc)])]
+            if ent is not None:
+                pieces = nlp.make_doc(ent.text)
+                if pieces[-1].text.islower() and not ent[-1].text.islower():
+                    counts[ent.label_] += 1
+                    parts.append(_entity_tokens(pieces, ent.label_, bool(ent[-1].whitespace_)))
+                else:
+                    parts.append(_entity_tokens(ent, ent.label_))
+                cursor = ent.end
+            for w, s, t in parts:
+                words += w; spaces += s; tags += t
+        return words, spaces, tags
+
+    return dict(sorted(_rewrite_docs(path, retokenise).items()))
 
 
 def retokenise_outside_entities(path: Path) -> Dict[str, int]:
     """Rewrite a .spacy file with the tokens outside its entities re-tokenised by spaCy's `xx`
     tokenizer, each entity on its own tokens. Returns token counts before and after and the number
     of sentences changed."""
-    import spacy
-    from spacy.tokens import Doc, DocBin
 
-    nlp = spacy.blank("xx")
-    docs, counts = [], Counter()
-    for doc in DocBin(store_user_data=True).from_disk(path).get_docs(nlp.vocab):
+    def retokenise(doc, nlp, counts):
         words, spaces, tags, cursor = [], [], [], 0
-        # each stretch between entities starts at a token boundary, so no leading whitespace;
-        # its trailing space stays on its last token
         for ent in [*doc.ents, None]:
             stretch = doc[cursor:ent.start if ent is not None else len(doc)]
-            if len(stretch):
-                for token in nlp.make_doc(stretch.text_with_ws):
-                    words.append(token.text); spaces.append(bool(token.whitespace_)); tags.append("O")
+            # each stretch between entities starts at a token boundary, so no leading whitespace;
+            # its trailing space stays on its last token
+            parts = [_outside_tokens(nlp.make_doc(stretch.text_with_ws))] if len(stretch) else []
             if ent is not None:
-                for i, token in enumerate(ent):
-                    words.append(token.text); spaces.append(bool(token.whitespace_))
-                    tags.append(f"{'B' if i == 0 else 'I'}-{ent.label_}")
+                parts.append(_entity_tokens(ent, ent.label_))
                 cursor = ent.end
-        new = Doc(nlp.vocab, words=words, spaces=spaces, ents=tags, sent_starts=[i == 0 for i in range(len(words))])
-        if new.text != doc.text:
-            raise AssertionError(f"re-tokenising changed a text: {doc.text!r}")
-        new.user_data.update(doc.user_data)
-        counts["tokens_before"] += len(doc); counts["tokens_after"] += len(new)
-        counts["sentences_changed"] += len(new) != len(doc) or any(a.text != b.text for a, b in zip(doc, new))
-        docs.append(new)
-    DocBin(docs=docs, store_user_data=True).to_disk(path)
-    return dict(counts)
+            for w, s, t in parts:
+                words += w; spaces += s; tags += t
+        counts["tokens_before"] += len(doc); counts["tokens_after"] += len(words)
+        counts["sentences_changed"] += words != [t.text for t in doc]
+        return words, spaces, tags
+
+    return dict(_rewrite_docs(path, retokenise))
 
 
 def protocol_config(name: str, work: Path, protocol: dict, source_transformer: Optional[Path] = None,
