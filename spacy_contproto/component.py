@@ -294,10 +294,15 @@ class SpanContProto(TrainablePipe):
         span_arrays: Dict[str, numpy.ndarray] = {}
         label_index = self._label_indices()
         unknown_gold: Counter = Counter()
+        lacking: Counter = Counter()  # component classes absent from a Doc's pseudo labels
+        docs_lacking = 0
         for eg in targets:
-            doc_id, probs, spans = self._read_payload(eg)
+            doc_id, probs, spans, classes = self._read_payload(eg)
             if doc_id in entries:
                 continue
+            absent = [c for c in self.class_names if c not in classes]
+            lacking.update(absent)
+            docs_lacking += bool(absent)
             entries[doc_id] = probs
             span_arrays[doc_id] = spans
             gold = eg.reference.user_data.get(ORACLE_KEY)
@@ -314,6 +319,13 @@ class SpanContProto(TrainablePipe):
                 f"{sum(unknown_gold.values())} entities with labels the component does not have "
                 f"({detail}); they count as misses in the log's recall."
             )
+        if lacking:
+            detail = ", ".join(f"{label} ({n} Docs)" for label, n in sorted(lacking.items()))
+            warnings.warn(
+                f"{self.name}: the pseudo labels of {docs_lacking} of {len(entries)} target Docs lack "
+                f"classes the component has: {detail}. Their probability is 0 there, so the target loss "
+                "teaches that no span is one; was the teacher trained on fewer labels than the source data has?"
+            )
         assert self.state is not None
         self.state.build_store(entries, oracle, span_arrays)
 
@@ -323,9 +335,10 @@ class SpanContProto(TrainablePipe):
         ends = numpy.cumsum(spans.lengths)
         return [spans.data[end - n : end] for end, n, target in zip(ends, spans.lengths, target_doc) if target]
 
-    def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray, numpy.ndarray]:
+    def _read_payload(self, eg: Example) -> Tuple[str, numpy.ndarray, numpy.ndarray, List[str]]:
         """The target Doc's id, teacher probabilities (columns in this component's
-        class order) and enumerated spans; clear errors for payloads that do not fit."""
+        class order), enumerated spans and the teacher's classes; clear errors for payloads
+        that do not fit."""
         doc_id, probs, classes, max_len = decode_payload(eg.reference.user_data[PAYLOAD_KEY])
         unknown = [c for c in classes if c not in self.class_names]
         if unknown:
@@ -357,7 +370,7 @@ class SpanContProto(TrainablePipe):
         aligned = numpy.zeros((n_spans, len(self.class_names)), dtype=numpy.float32)
         aligned[:, [self.class_names.index(c) for c in classes]] = probs
         aligned /= numpy.maximum(aligned.sum(axis=1, keepdims=True), 1e-12)
-        return doc_id, aligned, spans
+        return doc_id, aligned, spans, classes
 
     def set_training_state(self, epoch: int, step: int) -> None:
         """Tell the component where training is (see spacy_contproto.training_schedule.v1)."""

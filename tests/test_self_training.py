@@ -456,6 +456,28 @@ def test_unknown_pseudo_label_classes_are_a_clear_error(tmp_path, tiny_encoder, 
         initialize(contproto_nlp(tiny_encoder, synthetic_corpus, bad), synthetic_corpus, bad)
 
 
+def test_pseudo_labels_lacking_a_component_class_warn(tmp_path, tiny_encoder, synthetic_corpus, target_corpus):
+    vocab = spacy.blank("xx").vocab
+    docs = list(DocBin(store_user_data=True).from_disk(target_corpus["pseudo_labelled"]).get_docs(vocab))
+    for doc in docs[:3]:  # a teacher without LOC labelled three of the Docs
+        doc_id, probs, classes, max_len = decode_payload(doc.user_data[PAYLOAD_KEY])
+        keep = [i for i, c in enumerate(classes) if c != "LOC"]
+        doc.user_data[PAYLOAD_KEY] = encode_payload(doc_id, probs[:, keep], [classes[i] for i in keep], max_len)
+    lacking = tmp_path / "lacking.spacy"
+    DocBin(docs=docs, store_user_data=True).to_disk(lacking)
+    nlp = contproto_nlp(tiny_encoder, synthetic_corpus, lacking)
+    with pytest.warns(UserWarning, match=rf"pseudo labels of 3 of {len(docs)} target Docs lack classes the component has: LOC \(3 Docs\)"):
+        initialize(nlp, synthetic_corpus, lacking)
+    store = nlp.get_pipe("span_contproto").state.store
+    loc = store.classes.index("LOC")
+    first_ids = [decode_payload(d.user_data[PAYLOAD_KEY])[0] for d in docs[:3]]
+    assert not store.gather(first_ids)[:, loc].any()
+    with warnings.catch_warnings():  # the teacher's full label set: no such warning
+        warnings.filterwarnings("error", message=".*lack classes")
+        initialize(contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"]),
+                   synthetic_corpus, target_corpus["pseudo_labelled"])
+
+
 def test_prototypes_and_margins_saved_with_component(tiny_encoder, synthetic_corpus, target_corpus, tmp_path):
     nlp = contproto_nlp(tiny_encoder, synthetic_corpus, target_corpus["pseudo_labelled"])
     examples, optimizer = initialize(nlp, synthetic_corpus, target_corpus["pseudo_labelled"])
