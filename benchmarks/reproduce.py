@@ -114,7 +114,7 @@ PROTOCOLS = {
     7: {**PROTOCOL, "prior_bias": True, "student_epochs": 4, "student_source_sentences": 2000,
         "student_target_sentences": 2000, "source_tokens": "the corpus's own (gold_preproc = true)",
         "source_train_retokenised": "only the hyphenated tokens outside entities, by the `xx` tokenizer; "
-                                    "entities keep the corpus's"},
+                                    "entities keep the corpus's", "source_train_retokenised_only": "hyphenated"},
 }
 # the protocol that commands run by default; protocols 5-7 are diagnostic variants of it, run by name
 MAIN_PROTOCOL = 4
@@ -642,7 +642,7 @@ def prepare(args) -> None:
         if split == "train" and not unlabelled and args.protocol.get("source_train_entities_split"):
             entry["entities_split"] = split_entities_ending_lowercase(out)
         if split == "train" and not unlabelled and args.protocol.get("source_train_retokenised"):
-            only = HYPHENATED if args.protocol["source_train_retokenised"].startswith("only the hyphenated") else None
+            only = {"hyphenated": HYPHENATED, None: None}[args.protocol.get("source_train_retokenised_only")]
             entry["retokenised"] = retokenise_outside_entities(out, only)
         entry.update({"file": f"{dataset}/{lang}/{path.name}", "sha256": sha256(path),
                       "sentences": stats.sentences, "kept": kept, "unlabelled": unlabelled})

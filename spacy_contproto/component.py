@@ -323,8 +323,8 @@ class SpanContProto(TrainablePipe):
             detail = ", ".join(f"{label} ({n} Docs)" for label, n in sorted(lacking.items()))
             warnings.warn(
                 f"{self.name}: the pseudo labels of {docs_lacking} of {len(entries)} target Docs lack "
-                f"classes the component has: {detail}. Their probability is 0 there, so the target loss "
-                "teaches that no span is one; was the teacher trained on fewer labels than the source data has?"
+                f"classes the component has: {detail}. Their probability starts at 0 there (only prototype "
+                "refinement can raise it); was the teacher trained on fewer labels than the component has?"
             )
         assert self.state is not None
         self.state.build_store(entries, oracle, span_arrays)

@@ -422,7 +422,10 @@ def test_is_words_only_tells_unlabelled_text_from_tagged_and_mixed_files(tmp_pat
     # a stray I- tag warns when read as data, not when only probed
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not is_words_only(write(tmp_path, "Paris I-LOC\n", name="stray.conll"))
+        stray = write(tmp_path, "Paris B-LOC\n\nBerlin B-LOC\n\nRome I-LOC\n", name="stray.conll")
+        assert not is_words_only(stray)
+    with pytest.warns(ConllWarning, match="stray I-"):
+        list(read_conll(stray, tagged=False))
 
 
 def test_convert_file_refuses_what_would_lose_data(tmp_path):
