@@ -345,15 +345,16 @@ def sample_docbin(path: Path, n: Optional[int], seed: int) -> int:
 
 def _rewrite_docs(path: Path, retokenise: Callable) -> Dict[str, int]:
     """Rewrite a .spacy file of one sentence per Doc with each Doc's tokens from
-    ``retokenise(doc, nlp, counts)`` -> (words, spaces, IOB tags), nlp a blank `xx` pipeline and
-    counts a Counter it may fill; the text, sentence start and user data kept. Returns the counts."""
+    ``retokenise(doc, nlp, counts)`` -> its parts in order, each (words, spaces, IOB tags); nlp a
+    blank `xx` pipeline, counts a Counter it may fill. The text, sentence start and user data are
+    kept. Returns the counts."""
     import spacy
     from spacy.tokens import Doc, DocBin
 
     nlp = spacy.blank("xx")
     docs, counts = [], Counter()
     for doc in DocBin(store_user_data=True).from_disk(path).get_docs(nlp.vocab):
-        words, spaces, tags = retokenise(doc, nlp, counts)
+        words, spaces, tags = ([x for part in parts for x in part] for parts in zip(*retokenise(doc, nlp, counts)))
         # one Doc per sentence, its start marked as convert_file marks it
         new = Doc(nlp.vocab, words=words, spaces=spaces, ents=tags, sent_starts=[i == 0 for i in range(len(words))])
         if new.text != doc.text:
@@ -362,6 +363,15 @@ def _rewrite_docs(path: Path, retokenise: Callable) -> Dict[str, int]:
         docs.append(new)
     DocBin(docs=docs, store_user_data=True).to_disk(path)
     return counts
+
+
+def _around_entities(doc):
+    """(stretch of tokens before the entity, entity) for each entity of a Doc, then (the rest, None)."""
+    cursor = 0
+    for ent in doc.ents:
+        yield doc[cursor:ent.start], ent
+        cursor = ent.end
+    yield doc[cursor:], None
 
 
 def _entity_tokens(tokens, label: str, last_space: Optional[bool] = None):
@@ -384,20 +394,18 @@ def split_entities_ending_lowercase(path: Path) -> Dict[str, int]:
     the entity over the new tokens; every other token kept. Returns the number split per label."""
 
     def retokenise(doc, nlp, counts):
-        words, spaces, tags, cursor = [], [], [], 0
-        for ent in [*doc.ents, None]:
-            parts = [_outside_tokens(doc[cursor:ent.start if ent is not None else len(doc)])]
-            if ent is not None:
-                pieces = nlp.make_doc(ent.text)
-                if pieces[-1].text.islower() and not ent[-1].text.islower():
-                    counts[ent.label_] += 1
-                    parts.append(_entity_tokens(pieces, ent.label_, bool(ent[-1].whitespace_)))
-                else:
-                    parts.append(_entity_tokens(ent, ent.label_))
-                cursor = ent.end
-            for w, s, t in parts:
-                words += w; spaces += s; tags += t
-        return words, spaces, tags
+        parts = []
+        for stretch, ent in _around_entities(doc):
+            parts.append(_outside_tokens(stretch))
+            if ent is None:
+                continue
+            pieces = nlp.make_doc(ent.text)
+            if pieces[-1].text.islower() and not ent[-1].text.islower():
+                counts[ent.label_] += 1
+                parts.append(_entity_tokens(pieces, ent.label_, bool(ent[-1].whitespace_)))
+            else:
+                parts.append(_entity_tokens(ent, ent.label_))
+        return parts
 
     return dict(sorted(_rewrite_docs(path, retokenise).items()))
 
@@ -410,27 +418,22 @@ def retokenise_outside_entities(path: Path, only: Optional[re.Pattern] = None) -
     given) re-tokenised by spaCy's `xx` tokenizer, each entity on its own tokens. Returns token
     counts before and after and the number of sentences changed."""
 
-    def retokenise_stretch(stretch, nlp):
-        # each stretch between entities starts at a token boundary, so no leading whitespace;
-        # its trailing space stays on its last token. The Docs are one space between tokens, so
-        # `xx` splits each token on its own as it splits the stretch
-        if only is None:
-            return [_outside_tokens(nlp.make_doc(stretch.text_with_ws))]
-        return [_outside_tokens(nlp.make_doc(t.text_with_ws) if only.search(t.text) else [t]) for t in stretch]
-
     def retokenise(doc, nlp, counts):
-        words, spaces, tags, cursor = [], [], [], 0
-        for ent in [*doc.ents, None]:
-            stretch = doc[cursor:ent.start if ent is not None else len(doc)]
-            parts = retokenise_stretch(stretch, nlp) if len(stretch) else []
+        parts = []
+        for stretch, ent in _around_entities(doc):
+            # each stretch between entities starts at a token boundary, so no leading whitespace;
+            # its trailing space stays on its last token. The Docs are one space between tokens, so
+            # `xx` splits each token on its own as it splits the stretch
+            if only is None:
+                parts.append(_outside_tokens(nlp.make_doc(stretch.text_with_ws)))
+            else:
+                parts += [_outside_tokens(nlp.make_doc(t.text_with_ws) if only.search(t.text) else [t]) for t in stretch]
             if ent is not None:
                 parts.append(_entity_tokens(ent, ent.label_))
-                cursor = ent.end
-            for w, s, t in parts:
-                words += w; spaces += s; tags += t
+        words = [w for part in parts for w in part[0]]
         counts["tokens_before"] += len(doc); counts["tokens_after"] += len(words)
         counts["sentences_changed"] += words != [t.text for t in doc]
-        return words, spaces, tags
+        return parts
 
     return dict(_rewrite_docs(path, retokenise))
 
