@@ -751,7 +751,16 @@ class SpanContProto(TrainablePipe):
 
     def _load_state(self, data: bytes) -> None:
         self.state = self._new_state()
-        self.state.from_bytes(data)
+        try:
+            self.state.from_bytes(data)
+        except ValueError as err:
+            # the memory's width follows prototype_space, which a config edit can change after training
+            raise ValueError(
+                f"{self.name}: cannot load the saved prototype memory: {err}. The component now has "
+                f"{len(self.class_names)} classes and prototype_space = {self.settings.prototype_space!r} "
+                f"({self.state.memory.prototypes.shape[1]} dimensions); load it with the labels and "
+                "[contproto] prototype_space it was trained with."
+            ) from None
 
     def _load_model_bytes(self, data: bytes) -> None:
         try:

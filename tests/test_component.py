@@ -5,6 +5,7 @@ import numpy
 import pytest
 import torch
 import spacy
+import srsly
 from seqeval.metrics import f1_score, precision_score, recall_score
 from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
@@ -353,6 +354,17 @@ def test_loading_a_different_max_span_length_is_a_clear_error(trained_teacher, t
     other = spacy.util.load_model_from_config(config)
     with pytest.raises(ValueError, match="max_span_length=4, but the model config says 3"):
         other.get_pipe("span_contproto").from_bytes(nlp.get_pipe("span_contproto").to_bytes())
+
+
+def test_loading_prototypes_of_another_width_is_a_clear_error(trained_teacher):
+    from spacy_contproto.self_training import SelfTrainingState
+
+    pipe = spacy.load(trained_teacher).get_pipe("span_contproto")
+    msg = srsly.msgpack_loads(pipe.to_bytes())
+    # what a model trained with the other prototype_space (another memory width) would have saved
+    msg["contproto"] = SelfTrainingState(pipe.settings, pipe.class_names, 7).to_bytes()
+    with pytest.raises(ValueError, match=r"prototype memory: saved prototypes have shape \(5, 7\).* prototype_space = 'projection' \(128 dimensions\)"):
+        pipe.from_bytes(srsly.msgpack_dumps(msg))
 
 
 def test_torch_weights_are_loaded_with_weights_only(trained_teacher, monkeypatch):
