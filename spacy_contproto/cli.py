@@ -35,14 +35,14 @@ def pseudo_label_command(
     from wasabi import msg
 
     from .corpus import check_spacy_output
-    from .pseudo_label import pseudo_label_file, read_target_docbin
+    from .pseudo_label import load_teacher, pseudo_label_file, read_target_docbin
 
     try:
-        check_spacy_output(output_path)  # a wrong input or output fails before the teacher loads
+        check_spacy_output(output_path, input_path)  # a wrong input or output fails before the teacher loads
         targets = read_target_docbin(input_path)
         if gpu_id >= 0:
             spacy.require_gpu(gpu_id)
-        nlp = spacy.load(teacher)
+        nlp = load_teacher(teacher)
         n = pseudo_label_file(nlp, targets, output_path, component=component, batch_size=batch_size)
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)

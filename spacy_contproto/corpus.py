@@ -44,6 +44,8 @@ Refused with a ``ValueError`` that names ``file:line``:
 
 - a tag that is not ``O`` or ``<B|I|E|S|L|U>-<label>`` (``X-PER``, ``B-``, ``PER``, ``o``);
 - a line with one column (no tag; allowed for unlabelled data) or more than ``max_columns`` (5);
+- a first column that counts 1, 2, 3, ... in every sentence: token ids (CoNLL-U, GermEval), which
+  would be read as the words;
 - a *ragged* sentence: a line with another number of columns than its sentence's first line.
   The tag is last, so such a line could be read, but in practice it means a token holding a
   space (``New York B-LOC`` read as word ``New``) or a broken line, and the word would be
@@ -73,8 +75,11 @@ Entities, three cases:
   unless you mean to train on target gold.
 
 ``convert_file`` writes ``DocBin(store_user_data=True)`` and returns the ``ConllStats``; it
-refuses an output not ending in ``.spacy``, the input as output, and a file without sentences.
+refuses, before reading the input, an output not ending in ``.spacy``, the input as output, and an
+output it cannot write (``check_spacy_output``); then a file without sentences. ``read_docbin``
+names a ``.spacy`` file that is text (with the command that converts it) or damaged.
 """
+import os
 import re
 import warnings
 from collections import Counter
@@ -306,10 +311,15 @@ def _split_sentences(
         if not words:
             first_columns = (len(columns), number)
         elif len(columns) != first_columns[0]:
+            comment = text_lines[first_columns[1] - 1].startswith("#") or line.startswith("#")
+            cause = (
+                "a comment line? Lines starting with '#' are read as tokens: remove them"
+                if comment
+                else "a token holding a space, or a broken line?"
+            )
             raise ValueError(
                 f"{path}:{number}: {len(columns)} columns, but this sentence's first line "
-                f"({path}:{first_columns[1]}) has {first_columns[0]} (ragged lines are refused: "
-                "a token holding a space, or a broken line?)"
+                f"({path}:{first_columns[1]}) has {first_columns[0]} (ragged lines are refused: {cause})"
             )
         stats.columns[len(columns)] += 1
         stats.words_with_space += " " in columns[0]
@@ -317,7 +327,24 @@ def _split_sentences(
         tags.append(columns[-1] if len(columns) > 1 else "O")
         lines.append(number)
     close()
+    _refuse_id_column(sentences, path)
     return sentences
+
+
+def _refuse_id_column(sentences: List[_RawSentence], path: str) -> None:
+    """A ValueError when the first column counts the tokens of every sentence (CoNLL-U or
+    GermEval files start with a token id): read as the words, every word would be a number."""
+    counted = [
+        words == [str(i) for i in range(start, start + len(words))]
+        for words, _, _ in sentences
+        for start in ((0 if words[0] == "0" else 1),)
+    ]
+    if counted and all(counted) and any(len(words) > 1 for words, _, _ in sentences):
+        raise ValueError(
+            f"{path}: the first column counts 1, 2, 3, ... in every sentence: token ids, not words "
+            f"(line {sentences[0][2][0]}: {sentences[0][0][0]!r}). The word must be the first column: "
+            "remove the id column (e.g. `cut -f2- FILE`)"
+        )
 
 
 def _common_language_prefix(raw: List[_RawSentence]) -> str:
@@ -525,11 +552,26 @@ def is_words_only(path: Union[str, Path], *, encoding: Optional[str] = None) -> 
     return set(stats.columns) == {1}
 
 
-def check_spacy_output(output_path: Union[str, Path]) -> None:
-    """A ValueError for an output the training readers would not read: spaCy's corpus readers
-    take only .spacy files from a folder, so a target folder would silently skip it."""
-    if Path(output_path).suffix != ".spacy":
+def check_spacy_output(output_path: Union[str, Path], input_path: Union[str, Path, None] = None) -> None:
+    """A ValueError for an output that would fail or be lost, checked before any work: one
+    not ending in .spacy (spaCy's corpus readers take only .spacy files from a folder, so a
+    target folder would silently skip it), the input itself, a folder, or a place that
+    cannot be written (a file where its folder should be, a folder without write access)."""
+    output_path = Path(output_path)
+    if output_path.suffix != ".spacy":
         raise ValueError(f"output {output_path} must end in .spacy (spaCy's corpus readers only read .spacy files)")
+    if input_path is not None and output_path.resolve() == Path(input_path).resolve():
+        raise ValueError(f"output {output_path} is the input file: name another output")
+    if output_path.is_dir():
+        raise ValueError(f"output {output_path} is a folder: name a file ending in .spacy")
+    existing = output_path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the output folder {output_path.parent}: {existing} is a file")
+    writable = os.access(output_path, os.W_OK) if output_path.exists() else os.access(existing, os.W_OK | os.X_OK)
+    if not writable:
+        raise ValueError(f"cannot write {output_path}: no write permission in {existing}")
 
 
 def convert_file(
@@ -547,13 +589,12 @@ def convert_file(
     of one Doc per sentence; returns the ConllStats. The output folder is created.
 
     Refused: an output that does not end in ``.spacy`` (spaCy's corpus readers skip such
-    files), the input itself as output, and an input without any sentence."""
+    files), the input itself as output, an output that cannot be written, and an input
+    without any sentence."""
     import spacy
 
     input_path, output_path = Path(input_path), Path(output_path)
-    check_spacy_output(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise ValueError(f"output {output_path} is the input file: name another output")
+    check_spacy_output(output_path, input_path)
 
     try:
         spacy.util.get_lang_class(lang)
@@ -579,16 +620,38 @@ def convert_file(
 
 
 def read_docbin(path: Union[str, Path], *, store_user_data: bool = False) -> DocBin:
-    """A .spacy file's DocBin; a ValueError naming the file when it is not one (a CoNLL file
-    given where converted Docs are expected gets the command that converts it)."""
+    """A .spacy file's DocBin; a ValueError naming the file when it is not one (a text file,
+    e.g. CoNLL, given where converted Docs are expected gets the command that converts it)."""
     path = Path(path)
     try:
         return DocBin(store_user_data=store_user_data).from_disk(path)
-    except ValueError as err:
-        if "E1014" not in str(err):
-            raise
-        raise ValueError(
-            f"{path} is not a .spacy file (a spaCy DocBin). Convert a CoNLL/TSV file with "
-            f"`python -m spacy_contproto convert-corpus {path} OUTPUT.spacy` (add --unlabelled for "
-            "target-language text)"
-        ) from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a .spacy file") from None
+    except OSError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AssertionError) as err:
+        # zlib, msgpack and spaCy each fail their own way on foreign bytes
+        with path.open("rb") as f:
+            head = f.read(4096)
+        if _looks_like_text(head):
+            raise ValueError(
+                f"{path} is not a .spacy file (a spaCy DocBin) but text. Convert a CoNLL/TSV file with "
+                f"`python -m spacy_contproto convert-corpus {path} OUTPUT.spacy` (add --unlabelled for "
+                "target-language text)"
+            ) from None
+        reason = "not zlib-compressed, or cut short" if "E1014" in str(err) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path} is not a .spacy file (a spaCy DocBin), or it is damaged ({reason})") from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text (UTF-8, or a one-byte encoding without control
+    characters); a DocBin is zlib-compressed, so never is."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf8")
+        return True
+    except UnicodeDecodeError as err:
+        if err.start >= len(head) - 3:  # the cut split a multi-byte character
+            return True
+    return all(c.isprintable() or c in "\t\r\n" for c in head.decode("cp1252", errors="replace"))

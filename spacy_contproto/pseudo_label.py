@@ -23,8 +23,8 @@ def find_component(nlp: Language, name: Optional[str] = None) -> str:
         return name
     if len(names) != 1:
         raise ValueError(
-            f"the pipeline must have exactly one span_contproto component, it has {names or 'none'}; "
-            "name the one to use"
+            f"the pipeline must have exactly one span_contproto component, it has {names or 'none'}"
+            + (f" (its components: {nlp.pipe_names})" if not names else "; name the one to use")
         )
     return names[0]
 
@@ -64,6 +64,20 @@ def pseudo_label_docs(
             yield doc
 
 
+def load_teacher(teacher: Union[str, Path]) -> Language:
+    """spacy.load of the teacher; its errors name the teacher (and model-best, when given the
+    training output folder that holds it)."""
+    import spacy
+
+    try:
+        return spacy.load(teacher)
+    except (OSError, ValueError) as err:
+        hint = ""
+        if (Path(teacher) / "model-best").is_dir():
+            hint = f" (a training output folder: did you mean {Path(teacher) / 'model-best'}?)"
+        raise ValueError(f"cannot load the teacher {teacher}{hint}: {err}") from None
+
+
 def read_target_docbin(input_path: Path) -> DocBin:
     """The target Docs to pseudo-label; a ValueError for a file that is not a .spacy file or
     holds no Docs (the CLI reads them before it loads the teacher)."""
@@ -79,7 +93,8 @@ def pseudo_label_file(
 ) -> int:
     """Pseudo-label the Docs of a .spacy file (or its DocBin, read by read_target_docbin) into
     another .spacy file; returns the number of Docs."""
-    check_spacy_output(output_path)
+    check_spacy_output(output_path, None if isinstance(targets, DocBin) else targets)
+    find_component(nlp, component)  # before the progress bar starts
     doc_bin = targets if isinstance(targets, DocBin) else read_target_docbin(targets)
     docs = doc_bin.get_docs(nlp.vocab)
     labelled = pseudo_label_docs(nlp, docs, component=component, batch_size=batch_size)

@@ -12,7 +12,7 @@ import srsly
 from spacy.tokens import DocBin
 
 from spacy_contproto.corpus import (
-    ConllStats, ConllWarning, conll_to_docs, convert_file, find_split, is_words_only, read_conll,
+    ConllStats, ConllWarning, check_spacy_output, conll_to_docs, convert_file, find_split, is_words_only, read_conll,
     read_docbin,
 )
 from spacy_contproto.training import SelfTrainingCorpus
@@ -499,6 +499,49 @@ def test_tab_separated_file_whose_columns_are_also_joined_by_spaces(tmp_path):
     stats = ConllStats()
     conll_to_docs(write(tmp_path, "New York\tB-LOC\nis\tO\nbig\tO\n", name="tsv.conll"), VOCAB, stats=stats)
     assert stats.words_with_space == 1 and not stats.spaces_look_like_separators
+
+
+def test_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    path = write(tmp_path, "a B-PER\n")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"cannot create the output folder .*a_file.*: .*a_file is a file"):
+        check_spacy_output(tmp_path / "a_file" / "sub" / "out.spacy")
+    (tmp_path / "folder.spacy").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        convert_file(path, tmp_path / "folder.spacy")
+    check_spacy_output(tmp_path / "new" / "deeper" / "out.spacy")  # folders to be created are fine
+    assert not (tmp_path / "new").exists()
+
+
+def test_token_id_column_is_refused(tmp_path):
+    ids = write(tmp_path, "1\tEU\t_\tB-ORG\n2\trejects\t_\tO\n\n1\tGerman\t_\tB-MISC\n")
+    with pytest.raises(ValueError, match=r"counts 1, 2, 3, \.\.\. in every sentence: token ids.*line 1: '1'"):
+        conll_to_docs(ids, VOCAB)
+    # numbers as words are kept where they do not count every sentence's tokens
+    numbers = write(tmp_path, "1 O\n2 O\n\n1 O\nMay O\n", name="numbers.conll")
+    assert [[t.text for t in d] for d in conll_to_docs(numbers, VOCAB)] == [["1", "2"], ["1", "May"]]
+
+
+def test_comment_lines_are_named_in_the_ragged_line_error(tmp_path):
+    path = write(tmp_path, "# sent_id = 1\nEU B-ORG\nrejects O\n")
+    with pytest.raises(ValueError, match=r"data\.conll:2: 2 columns.* has 4 .*comment line\?"):
+        conll_to_docs(path, VOCAB)
+
+
+def test_damaged_spacy_files_are_named(tmp_path):
+    docbin = tmp_path / "ok.spacy"
+    nlp = spacy.blank("xx")
+    DocBin(docs=[nlp(f"sentence {i} of the file .") for i in range(100)]).to_disk(docbin)
+    truncated = tmp_path / "truncated.spacy"
+    truncated.write_bytes(docbin.read_bytes()[: docbin.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"truncated\.spacy is not a \.spacy file .*or it is damaged \(not zlib-compressed, or cut short\)$"):
+        read_docbin(truncated)
+    foreign = tmp_path / "foreign.spacy"
+    foreign.write_bytes(zlib.compress(srsly.msgpack_dumps({"a": 1})))
+    with pytest.raises(ValueError, match=r"foreign\.spacy is not a \.spacy file .*damaged \(KeyError"):
+        read_docbin(foreign)
+    with pytest.raises(ValueError, match=r"is a folder, not a \.spacy file"):
+        read_docbin(tmp_path)
 
 
 def test_conll_file_where_a_spacy_file_is_expected(tmp_path):

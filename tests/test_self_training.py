@@ -5,6 +5,7 @@ import subprocess
 import sys
 import warnings
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy
 import pytest
@@ -14,6 +15,7 @@ from spacy.tokens import Doc, DocBin
 from thinc.api import fix_random_seed
 
 from spacy_contproto.component import ORACLE_KEY
+from spacy_contproto.pseudo_label import pseudo_label_file
 from spacy_contproto.pseudo_labels import PAYLOAD_KEY, PseudoLabelStore, decode_payload, encode_payload
 from spacy_contproto.training import SelfTrainingCorpus
 
@@ -108,7 +110,7 @@ def test_pseudo_labelled_docs_keep_the_sentences_their_spans_were_enumerated_in(
     assert probs.shape[0] == len(doc_spans([labelled], max_len).data) == 2 * (4 + 4 + 3 + 2 + 1)  # not 34 over one 10-token sentence
 
 
-def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
+def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus, trained_teacher):
     def pseudo_label(*options):
         return subprocess.run(
             [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
@@ -126,6 +128,21 @@ def test_pseudo_label_command_errors_clearly(tmp_path, target_corpus):
     )
     said = " ".join(result.stdout.split())
     assert result.returncode == 1 and "must end in .spacy" in said and not (tmp_path / "out.pl").exists()
+    # the input as output, and an output under a file, fail before the teacher would label anything
+    for output, message in ((target_corpus["raw"], "is the input file"), (tmp_path / "out.pl" / "x.spacy", "out.pl is a file")):
+        (tmp_path / "out.pl").write_text("")
+        result = subprocess.run(
+            [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(tmp_path / "no-model"),
+             str(target_corpus["raw"]), str(output)], capture_output=True, text=True,
+        )
+        assert result.returncode == 1 and message in " ".join(result.stdout.split()), result.stdout
+    # a training output folder instead of its model-best
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy_contproto", "pseudo-label", str(Path(trained_teacher).parent),
+         str(target_corpus["raw"]), str(tmp_path / "out.spacy")], capture_output=True, text=True,
+    )
+    said = " ".join(result.stdout.split())
+    assert result.returncode == 1 and "cannot load the teacher" in said and "did you mean" in said and "model-best" in said
     # a batch size of 0 would write an empty file and report success
     result = pseudo_label("--batch-size", "0")
     assert result.returncode != 0 and "batch-size" in result.stdout + result.stderr
@@ -571,3 +588,11 @@ def test_target_doc_whose_spans_no_longer_match_its_pseudo_labels_is_a_clear_err
     batch[1].predicted[2].is_sent_start = True
     with pytest.raises(ValueError, match=r"the spans of target Doc '.+' in this batch \(\d+\) are not the spans"):
         nlp.update(batch, sgd=optimizer)
+
+
+def test_pseudo_labelling_with_a_pipeline_without_the_component_names_its_components(tmp_path, target_corpus):
+    nlp = spacy.blank("xx")
+    nlp.add_pipe("sentencizer")
+    with pytest.raises(ValueError, match=r"it has none \(its components: \['sentencizer'\]\)"):
+        pseudo_label_file(nlp, target_corpus["raw"], tmp_path / "out.spacy", progress=False)
+    assert not (tmp_path / "out.spacy").exists()
