@@ -154,7 +154,7 @@ def convert_corpus_command(
             "(is it unlabelled target data? then pass --unlabelled)"
         )
     msg.good(
-        f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
+        f"Wrote {stats.sentences} Doc{'' if stats.sentences == 1 else 's'} ({stats.tokens} token{'' if stats.tokens == 1 else 's'}, {written}) -> {output_path}"
     )
 
 

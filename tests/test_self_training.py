@@ -253,6 +253,11 @@ def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
     DocBin().to_disk(empty)
     with pytest.raises(ValueError, match="holds no Docs"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], empty)(nlp))
+    conll_only = tmp_path / "conll_only"
+    conll_only.mkdir()
+    (conll_only / "de_train.conll").write_text("Berlin B-LOC\n")
+    with pytest.raises(ValueError, match=r"conll_only holds no Docs \(a folder's \.spacy files only; it holds 0\)"):
+        list(SelfTrainingCorpus(synthetic_corpus["train"], conll_only)(nlp))
     with pytest.raises(ValueError, match="60 of 60 Docs .* carry no pseudo labels.*pseudo-label"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["raw"])(nlp))
     with pytest.raises(ValueError, match="source corpus .*missing.spacy does not exist"):
