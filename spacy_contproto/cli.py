@@ -46,7 +46,7 @@ def pseudo_label_command(
         n = pseudo_label_file(nlp, targets, output_path, component=component, batch_size=batch_size)
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)
-    msg.good(f"Pseudo-labelled {n} Docs -> {output_path}")
+    msg.good(f"Pseudo-labelled {n} Doc{'' if n == 1 else 's'} -> {output_path}")
 
 
 @contproto_app.command(
@@ -154,7 +154,7 @@ def convert_corpus_command(
             "(is it unlabelled target data? then pass --unlabelled)"
         )
     msg.good(
-        f"Wrote {stats.sentences} Docs ({stats.tokens} tokens, {written}) -> {output_path}"
+        f"Wrote {stats.sentences} Doc{'' if stats.sentences == 1 else 's'} ({stats.tokens} token{'' if stats.tokens == 1 else 's'}, {written}) -> {output_path}"
     )
 
 

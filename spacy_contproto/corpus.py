@@ -44,8 +44,8 @@ Refused with a ``ValueError`` that names ``file:line``:
 
 - a tag that is not ``O`` or ``<B|I|E|S|L|U>-<label>`` (``X-PER``, ``B-``, ``PER``, ``o``);
 - a line with one column (no tag; allowed for unlabelled data) or more than ``max_columns`` (5);
-- a first column that counts 1, 2, 3, ... in every sentence: token ids (CoNLL-U, GermEval), which
-  would be read as the words;
+- a first column that counts 1, 2, 3, ... in every sentence (of two or more): token ids
+  (GermEval-style files), which would be read as the words;
 - a *ragged* sentence: a line with another number of columns than its sentence's first line.
   The tag is last, so such a line could be read, but in practice it means a token holding a
   space (``New York B-LOC`` read as word ``New``) or a broken line, and the word would be
@@ -307,13 +307,14 @@ def _split_sentences(
         if len(columns) < min_columns:
             raise ValueError(f"{path}:{number}: one column ({line!r}): expected {expected}")
         if len(columns) > max_columns:
-            raise ValueError(f"{path}:{number}: {len(columns)} columns: expected {expected}")
+            comment = " (a comment line? remove the comment lines)" if line.startswith("#") else ""
+            raise ValueError(f"{path}:{number}: {len(columns)} columns: expected {expected}{comment}")
         if not words:
             first_columns = (len(columns), number)
         elif len(columns) != first_columns[0]:
             comment = text_lines[first_columns[1] - 1].startswith("#") or line.startswith("#")
             cause = (
-                "a comment line? Lines starting with '#' are read as tokens: remove them"
+                "a comment line? Comment lines are read as tokens: remove the comment lines"
                 if comment
                 else "a token holding a space, or a broken line?"
             )
@@ -327,23 +328,25 @@ def _split_sentences(
         tags.append(columns[-1] if len(columns) > 1 else "O")
         lines.append(number)
     close()
-    _refuse_id_column(sentences, path)
+    _refuse_id_column(sentences, path, stats)
     return sentences
 
 
-def _refuse_id_column(sentences: List[_RawSentence], path: str) -> None:
-    """A ValueError when the first column counts the tokens of every sentence (CoNLL-U or
-    GermEval files start with a token id): read as the words, every word would be a number."""
-    counted = [
-        words == [str(i) for i in range(start, start + len(words))]
-        for words, _, _ in sentences
-        for start in ((0 if words[0] == "0" else 1),)
-    ]
-    if counted and all(counted) and any(len(words) > 1 for words, _, _ in sentences):
+def _refuse_id_column(sentences: List[_RawSentence], path: str, stats: ConllStats) -> None:
+    """A ValueError when the first column counts the tokens of every sentence (GermEval-style
+    files start with a token id): read as the words, every word would be a number."""
+    if set(stats.columns) == {1} or len(sentences) < 2 or all(len(words) == 1 for words, _, _ in sentences):
+        return  # a words-only file, or too little to tell ids from numbers
+
+    def counts_its_tokens(words: List[str]) -> bool:
+        start = 0 if words[0] == "0" else 1
+        return words == [str(i) for i in range(start, start + len(words))]
+
+    if all(counts_its_tokens(words) for words, _, _ in sentences):
         raise ValueError(
-            f"{path}: the first column counts 1, 2, 3, ... in every sentence: token ids, not words "
-            f"(line {sentences[0][2][0]}: {sentences[0][0][0]!r}). The word must be the first column: "
-            "remove the id column (e.g. `cut -f2- FILE`)"
+            f"{path}: the first column counts the tokens of every sentence (1, 2, 3, ...): token ids, "
+            f"not words (line {sentences[0][2][0]}: {sentences[0][0][0]!r}). Remove the id column so that "
+            "the word is the first column and the tag you want the last (the tag is read from the last)"
         )
 
 
@@ -569,8 +572,10 @@ def check_spacy_output(output_path: Union[str, Path], input_path: Union[str, Pat
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"cannot create the output folder {output_path.parent}: {existing} is a file")
-    writable = os.access(output_path, os.W_OK) if output_path.exists() else os.access(existing, os.W_OK | os.X_OK)
-    if not writable:
+    if output_path.exists():
+        if not os.access(output_path, os.W_OK):
+            raise ValueError(f"cannot write {output_path}: the file is read-only")
+    elif not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {output_path}: no write permission in {existing}")
 
 
@@ -632,8 +637,10 @@ def read_docbin(path: Union[str, Path], *, store_user_data: bool = False) -> Doc
     except (ValueError, KeyError, TypeError, IndexError, AssertionError) as err:
         # zlib, msgpack and spaCy each fail their own way on foreign bytes
         with path.open("rb") as f:
-            head = f.read(4096)
-        if _looks_like_text(head):
+            head = f.read(_TEXT_PROBE_BYTES)
+        if not head:
+            raise ValueError(f"{path} is empty, not a .spacy file (a spaCy DocBin)") from None
+        if _is_convertible_text(head):
             raise ValueError(
                 f"{path} is not a .spacy file (a spaCy DocBin) but text. Convert a CoNLL/TSV file with "
                 f"`python -m spacy_contproto convert-corpus {path} OUTPUT.spacy` (add --unlabelled for "
@@ -643,15 +650,18 @@ def read_docbin(path: Union[str, Path], *, store_user_data: bool = False) -> Doc
         raise ValueError(f"{path} is not a .spacy file (a spaCy DocBin), or it is damaged ({reason})") from None
 
 
-def _looks_like_text(head: bytes) -> bool:
-    """Whether a file's first bytes are text (UTF-8, or a one-byte encoding without control
-    characters); a DocBin is zlib-compressed, so never is."""
-    if b"\0" in head:
-        return False
-    try:
-        head.decode("utf8")
-        return True
-    except UnicodeDecodeError as err:
-        if err.start >= len(head) - 3:  # the cut split a multi-byte character
+_TEXT_PROBE_BYTES = 4096
+
+
+def _is_convertible_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text that convert-corpus would read (its own encoding
+    detection: a DocBin is compressed, so never is)."""
+    # a cut after the first bytes may split a multi-byte character
+    cuts = range(4) if len(head) == _TEXT_PROBE_BYTES else range(1)
+    for cut in cuts:
+        try:
+            _decode(head[: len(head) - cut], "", None)
             return True
-    return all(c.isprintable() or c in "\t\r\n" for c in head.decode("cp1252", errors="replace"))
+        except ValueError:
+            continue
+    return False

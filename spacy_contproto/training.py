@@ -103,8 +103,9 @@ class SelfTrainingCorpus:
         all_docs = (doc for file in files for doc in read_docbin(file).get_docs(nlp.vocab))
         docs = list(islice(all_docs, self.target_limit or None))
         if not docs:
+            read = f" (a folder's .spacy files only: it holds {len(files)} .spacy files)" if path.is_dir() else ""
             raise ValueError(
-                f"target corpus {path} holds no Docs: self-training needs unlabelled target "
+                f"target corpus {path} holds no Docs{read}: self-training needs unlabelled target "
                 "Docs (train on the source corpus alone with configs/teacher_cpu.cfg)."
             )
         if self.max_length > 0:

