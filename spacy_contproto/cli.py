@@ -46,7 +46,7 @@ def pseudo_label_command(
         n = pseudo_label_file(nlp, targets, output_path, component=component, batch_size=batch_size)
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)
-    msg.good(f"Pseudo-labelled {n} Doc{'' if n == 1 else 's'} -> {output_path}")
+    msg.good(f"Pseudo-labelled {_count(n, 'Doc')} -> {output_path}")
 
 
 @contproto_app.command(
@@ -154,8 +154,12 @@ def convert_corpus_command(
             "(is it unlabelled target data? then pass --unlabelled)"
         )
     msg.good(
-        f"Wrote {stats.sentences} Doc{'' if stats.sentences == 1 else 's'} ({stats.tokens} token{'' if stats.tokens == 1 else 's'}, {written}) -> {output_path}"
+        f"Wrote {_count(stats.sentences, 'Doc')} ({_count(stats.tokens, 'token')}, {written}) -> {output_path}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _register_with_spacy_cli() -> None:

@@ -28,6 +28,7 @@ from .losses import (
 )
 from .model import SpanGradients, SpanOutputs, doc_spans, span_head_module, uses_listener
 from .pseudo_labels import PAYLOAD_KEY, decode_payload
+from .prototypes import PrototypeShapeError
 from .self_training import OracleEntry, SelfTrainingState
 from .settings import ContProtoSettings
 from .spans import (
@@ -753,9 +754,7 @@ class SpanContProto(TrainablePipe):
         self.state = self._new_state()
         try:
             self.state.from_bytes(data)
-        except ValueError as err:
-            if "saved prototypes have shape" not in str(err):
-                raise
+        except PrototypeShapeError as err:
             # the memory's width follows prototype_space, which a config edit can change after training
             raise ValueError(
                 f"{self.name}: cannot load the saved prototype memory: {err}. The component now has "

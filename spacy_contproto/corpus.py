@@ -632,8 +632,6 @@ def read_docbin(path: Union[str, Path], *, store_user_data: bool = False) -> Doc
         return DocBin(store_user_data=store_user_data).from_disk(path)
     except IsADirectoryError:
         raise ValueError(f"{path} is a folder, not a .spacy file") from None
-    except OSError:
-        raise
     except (ValueError, KeyError, TypeError, IndexError, AssertionError) as err:
         # zlib, msgpack and spaCy each fail their own way on foreign bytes
         with path.open("rb") as f:

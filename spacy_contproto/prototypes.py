@@ -101,6 +101,10 @@ def beta_for_epoch(
     return start + (end - start) * progress
 
 
+class PrototypeShapeError(ValueError):
+    """Saved prototypes whose shape (classes, width) is not the memory's."""
+
+
 class PrototypeMemory:
     """One normalised prototype per class (including "O"), updated by EMA, and
     the class-specific margins r_c (eq. 11) gathered over an epoch."""
@@ -155,7 +159,7 @@ class PrototypeMemory:
     def load_dict(self, state: Dict[str, numpy.ndarray]) -> "PrototypeMemory":
         prototypes = torch.as_tensor(numpy.asarray(state["prototypes"]))
         if prototypes.shape != self.prototypes.shape:
-            raise ValueError(
+            raise PrototypeShapeError(
                 f"saved prototypes have shape {tuple(prototypes.shape)}, expected "
                 f"{tuple(self.prototypes.shape)} (different labels or projection width)"
             )
