@@ -12,7 +12,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=find_packages(include=["spacy_contproto", "spacy_contproto.*"]),
+    # the training configs of configs/ ship inside the package too, as spacy_contproto.configs,
+    # for `python -m spacy_contproto init-configs` (a cloned spaCy project has no ../configs)
+    packages=find_packages(include=["spacy_contproto", "spacy_contproto.*"]) + ["spacy_contproto.configs"],
+    package_dir={"spacy_contproto.configs": "configs"},
+    package_data={"spacy_contproto.configs": ["*.cfg"]},
     python_requires=">=3.9",
     install_requires=[
         "spacy>=3.8,<3.9",

@@ -1,6 +1,6 @@
 """Command line: ``python -m spacy_contproto ...`` and ``spacy contproto ...``."""
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import typer
 
@@ -14,7 +14,7 @@ contproto_app = typer.Typer(
 
 @contproto_app.callback()
 def _commands() -> None:
-    """ContProto commands: pseudo-label, convert-encoder, convert-corpus."""
+    """ContProto commands: pseudo-label, convert-encoder, convert-corpus, init-configs."""
 
 
 @contproto_app.command(
@@ -156,6 +156,52 @@ def convert_corpus_command(
     msg.good(
         f"Wrote {_count(stats.sentences, 'Doc')} ({_count(stats.tokens, 'token')}, {written}) -> {output_path}"
     )
+
+
+@contproto_app.command(
+    "init-configs", short_help="Write the package's training configs into a folder, e.g. a cloned spaCy project."
+)
+def init_configs_command(
+    output_dir: Path = typer.Argument(..., file_okay=False, help="Folder to write the configs into (created if missing)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite configs already in the folder"),
+) -> None:
+    """Write the training configs installed with the package (the repository's configs/:
+    teacher_cpu.cfg, contproto_cpu.cfg, contproto_gpu.cfg) into OUTPUT_DIR. A config
+    already there is kept, as it may hold your changes, unless --force."""
+    from wasabi import msg
+
+    try:
+        written, kept = write_packaged_configs(output_dir, force=force)
+    except OSError as err:
+        msg.fail(f"Could not write the configs into {output_dir}: {err}", exits=1)
+    if kept:
+        msg.info(f"Kept {', '.join(kept)}, already in {output_dir} (--force overwrites)")
+    if written:
+        msg.good(f"Wrote {', '.join(written)} -> {output_dir}")
+
+
+def write_packaged_configs(output_dir: Path, force: bool = False) -> Tuple[List[str], List[str]]:
+    """Copy the package's .cfg files into output_dir: (names written, names kept as they were)."""
+    from importlib.resources import files
+
+    try:
+        packaged = files("spacy_contproto.configs")
+    except ModuleNotFoundError:
+        # an install made before the configs shipped with the package
+        raise OSError("the configs are not installed with spacy_contproto: reinstall it (pip install -e .)") from None
+    output_dir = Path(output_dir)
+    written, kept = [], []
+    for config in sorted(packaged.iterdir(), key=lambda p: p.name):
+        if not config.name.endswith(".cfg"):
+            continue
+        target = output_dir / config.name
+        if target.exists() and not force:
+            kept.append(config.name)
+            continue
+        output_dir.mkdir(parents=True, exist_ok=True)
+        target.write_text(config.read_text(encoding="utf8"), encoding="utf8")
+        written.append(config.name)
+    return written, kept
 
 
 def _count(n: int, noun: str) -> str:

@@ -107,3 +107,49 @@ def test_schedule_callback_warns_once_after_the_first_epoch(name, tiny_encoder, 
         callback(nlp, {"epoch": epoch, "step": step})
     messages = [str(w.message) for w in recwarn if "learning-rate schedule ends at step 100" in str(w.message)]
     assert len(messages) == 1 and "about 160 steps (40 steps per epoch" in messages[0]
+
+
+def test_init_configs_writes_the_packaged_configs_and_keeps_edited_ones(tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_contproto.cli import contproto_app
+
+    runner = CliRunner()
+    out = tmp_path / "project" / "configs"
+    result = runner.invoke(contproto_app, ["init-configs", str(out)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
+    assert sorted(p.name for p in out.iterdir()) == names == ["contproto_cpu.cfg", "contproto_gpu.cfg", "teacher_cpu.cfg"]
+    for name in names:
+        assert (out / name).read_text() == (CONFIGS / name).read_text()
+    # a user's edit survives a second run (the project runs this step again when a config changed)
+    edited = (out / "teacher_cpu.cfg").read_text().replace("max_epochs = ", "max_epochs = 9 #")
+    (out / "teacher_cpu.cfg").write_text(edited)
+    (out / "contproto_gpu.cfg").unlink()
+    result = runner.invoke(contproto_app, ["init-configs", str(out)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "Kept contproto_cpu.cfg, teacher_cpu.cfg" in said and "Wrote contproto_gpu.cfg" in said
+    assert (out / "teacher_cpu.cfg").read_text() == edited
+    assert runner.invoke(contproto_app, ["init-configs", str(out), "--force"]).exit_code == 0
+    assert (out / "teacher_cpu.cfg").read_text() == (CONFIGS / "teacher_cpu.cfg").read_text()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = runner.invoke(contproto_app, ["init-configs", str(a_file)], env={"COLUMNS": "500"})
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_init_configs_names_an_install_without_the_configs(tmp_path, monkeypatch):
+    import importlib.resources
+
+    from typer.testing import CliRunner
+
+    from spacy_contproto.cli import contproto_app
+
+    def old_install(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", old_install)
+    result = CliRunner().invoke(contproto_app, ["init-configs", str(tmp_path / "configs")], env={"COLUMNS": "500"})
+    assert result.exit_code == 1 and "reinstall it (pip install -e .)" in " ".join(result.output.split())
+    assert not (tmp_path / "configs").exists()

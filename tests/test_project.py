@@ -24,7 +24,7 @@ def test_project_yml_is_valid_and_scripts_exist():
     assert validate(ProjectConfigSchema, config) == []
     names = {c["name"] for c in config["commands"]}
     assert config["workflows"]["all"] == [
-        "encoder", "corpus", "train-teacher", "pseudo-label", "train-contproto", "evaluate", "report", "package",
+        "configs", "encoder", "corpus", "train-teacher", "pseudo-label", "train-contproto", "evaluate", "report", "package",
     ]
     assert set(config["workflows"]["all"]) <= names
     for command in config["commands"]:
@@ -44,8 +44,6 @@ def project_cmd(name, folder, tiny_encoder, *extra):
     return [
         sys.executable, "-m", "spacy", "project", "run", name, str(folder), *extra,
         "--vars.encoder", str(tiny_encoder), "--vars.encoder_mode", "as-is",
-        "--vars.teacher_config", str(CONFIGS / "teacher_cpu.cfg"),
-        "--vars.student_config", str(CONFIGS / "contproto_cpu.cfg"),
         "--vars.demo_train", "96", "--vars.teacher_epochs", "4", "--vars.student_epochs", "2",
         "--vars.learn_rate", "0.001", "--vars.eval_frequency", "10",
     ]
@@ -61,6 +59,11 @@ def project_run(tmp_path_factory, tiny_encoder):
 
 def test_workflow_all_produces_metrics_report_and_package(project_run):
     folder = project_run
+    # the project copy has no ../configs: the `configs` step wrote the installed package's
+    assert not (folder.parent / "configs").exists()
+    assert sorted(p.name for p in (folder / "configs").iterdir()) == sorted(p.name for p in CONFIGS.glob("*.cfg"))
+    for config in CONFIGS.glob("*.cfg"):
+        assert (folder / "configs" / config.name).read_text() == config.read_text()
     for system in ("teacher", "contproto"):
         for lang in ("de", "es"):
             metrics = json.loads((folder / "metrics" / f"{system}-{lang}.json").read_text())

@@ -11,7 +11,7 @@ from inputs import require
 
 
 def main(
-    config: Path = typer.Argument(..., help="Student config, e.g. ../configs/contproto_cpu.cfg"),
+    config: Path = typer.Argument(..., help="Student config, e.g. configs/contproto_cpu.cfg"),
     corpus: Path = typer.Argument(..., help="Folder with {source}_train.spacy and {source}_dev.spacy"),
     pseudo: Path = typer.Argument(..., help="Folder with the pseudo-labelled {lang}_train.pl.spacy"),
     students: Path = typer.Argument(..., help="Output folder; one student per target language in {lang}/"),
