@@ -1,6 +1,6 @@
 """Command line: ``python -m spacy_contproto ...`` and ``spacy contproto ...``."""
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import typer
 
@@ -171,37 +171,62 @@ def init_configs_command(
     from wasabi import msg
 
     try:
-        written, kept = write_packaged_configs(output_dir, force=force)
+        written, kept, differing = write_packaged_configs(output_dir, force=force)
     except OSError as err:
-        msg.fail(f"Could not write the configs into {output_dir}: {err}", exits=1)
+        msg.fail(str(err), exits=1)
     if kept:
-        msg.info(f"Kept {', '.join(kept)}, already in {output_dir} (--force overwrites)")
+        msg.info(f"Kept {', '.join(kept)}, already in {output_dir}")
+    if differing:
+        msg.warn(
+            f"{', '.join(differing)} in {output_dir} differ from the installed spacy-contproto's (your edits, or "
+            f"configs of an older version): kept; `python -m spacy_contproto init-configs {output_dir} --force` "
+            "overwrites them"
+        )
     if written:
         msg.good(f"Wrote {', '.join(written)} -> {output_dir}")
 
 
-def write_packaged_configs(output_dir: Path, force: bool = False) -> Tuple[List[str], List[str]]:
-    """Copy the package's .cfg files into output_dir: (names written, names kept as they were)."""
+def packaged_configs() -> Dict[str, str]:
+    """Name -> text of the training configs installed with the package."""
     from importlib.resources import files
 
     try:
-        packaged = files("spacy_contproto.configs")
+        folder = files("spacy_contproto.configs")
     except ModuleNotFoundError:
-        # an install made before the configs shipped with the package
-        raise OSError("the configs are not installed with spacy_contproto: reinstall it (pip install -e .)") from None
+        # an editable install without setuptools' import hook (`setup.py develop`) cannot import
+        # the mapped package: its checkout's configs/ are the same files
+        folder = Path(__file__).resolve().parents[1] / "configs"
+    configs = {}
+    if folder.is_dir():
+        configs = {p.name: p.read_text(encoding="utf8") for p in folder.iterdir() if p.name.endswith(".cfg")}
+    if not configs:
+        raise OSError(
+            "No training configs were installed with spacy_contproto: reinstall spacy-contproto "
+            "(from a checkout: pip install -e .)"
+        )
+    return dict(sorted(configs.items()))
+
+
+def write_packaged_configs(output_dir: Path, force: bool = False) -> Tuple[List[str], List[str], List[str]]:
+    """Copy the package's configs into output_dir: the names (written, kept as they were,
+    kept and different from the package's)."""
+    configs = packaged_configs()
     output_dir = Path(output_dir)
-    written, kept = [], []
-    for config in sorted(packaged.iterdir(), key=lambda p: p.name):
-        if not config.name.endswith(".cfg"):
-            continue
-        target = output_dir / config.name
+    for name in configs:
+        if (output_dir / name).exists() and not (output_dir / name).is_file():
+            raise OSError(f"{output_dir / name} is not a file: nothing written")
+    written, kept, differing = [], [], []
+    for name, text in configs.items():
+        target = output_dir / name
         if target.exists() and not force:
-            kept.append(config.name)
+            kept.append(name)
+            if target.read_text(encoding="utf8", errors="replace") != text:
+                differing.append(name)
             continue
         output_dir.mkdir(parents=True, exist_ok=True)
-        target.write_text(config.read_text(encoding="utf8"), encoding="utf8")
-        written.append(config.name)
-    return written, kept
+        target.write_text(text, encoding="utf8")
+        written.append(name)
+    return written, kept, differing
 
 
 def _count(n: int, noun: str) -> str:

@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 
@@ -109,14 +110,19 @@ def test_schedule_callback_warns_once_after_the_first_epoch(name, tiny_encoder, 
     assert len(messages) == 1 and "about 160 steps (40 steps per epoch" in messages[0]
 
 
-def test_init_configs_writes_the_packaged_configs_and_keeps_edited_ones(tmp_path):
+def run_init_configs(*args):
     from typer.testing import CliRunner
 
     from spacy_contproto.cli import contproto_app
 
-    runner = CliRunner()
+    result = CliRunner().invoke(contproto_app, ["init-configs", *map(str, args)], env={"COLUMNS": "500"})
+    result.said = " ".join(result.output.split())  # wasabi wraps long lines
+    return result
+
+
+def test_init_configs_writes_the_packaged_configs_and_keeps_edited_ones(tmp_path):
     out = tmp_path / "project" / "configs"
-    result = runner.invoke(contproto_app, ["init-configs", str(out)])
+    result = run_init_configs(out)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in CONFIGS.glob("*.cfg"))
     assert sorted(p.name for p in out.iterdir()) == names == ["contproto_cpu.cfg", "contproto_gpu.cfg", "teacher_cpu.cfg"]
@@ -126,30 +132,58 @@ def test_init_configs_writes_the_packaged_configs_and_keeps_edited_ones(tmp_path
     edited = (out / "teacher_cpu.cfg").read_text().replace("max_epochs = ", "max_epochs = 9 #")
     (out / "teacher_cpu.cfg").write_text(edited)
     (out / "contproto_gpu.cfg").unlink()
-    result = runner.invoke(contproto_app, ["init-configs", str(out)])
+    result = run_init_configs(out)
     assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
-    assert "Kept contproto_cpu.cfg, teacher_cpu.cfg" in said and "Wrote contproto_gpu.cfg" in said
+    assert "Kept contproto_cpu.cfg, teacher_cpu.cfg, already in" in result.said
+    assert f"teacher_cpu.cfg in {out} differ" in result.said and "contproto_cpu.cfg in" not in result.said
+    assert "Wrote contproto_gpu.cfg" in result.said
     assert (out / "teacher_cpu.cfg").read_text() == edited
-    assert runner.invoke(contproto_app, ["init-configs", str(out), "--force"]).exit_code == 0
+    # a folder in a config's place: nothing is written, the edit stays
+    (out / "contproto_gpu.cfg").unlink()
+    (out / "contproto_gpu.cfg").mkdir()
+    result = run_init_configs(out, "--force")
+    assert result.exit_code == 1 and "contproto_gpu.cfg is not a file: nothing written" in result.said
+    assert (out / "teacher_cpu.cfg").read_text() == edited
+    (out / "contproto_gpu.cfg").rmdir()
+    assert run_init_configs(out, "--force").exit_code == 0
     assert (out / "teacher_cpu.cfg").read_text() == (CONFIGS / "teacher_cpu.cfg").read_text()
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    result = runner.invoke(contproto_app, ["init-configs", str(a_file)], env={"COLUMNS": "500"})
+    result = run_init_configs(a_file)
     assert result.exit_code == 2 and "is a file" in result.output
 
 
-def test_init_configs_names_an_install_without_the_configs(tmp_path, monkeypatch):
+def test_init_configs_without_the_packaged_configs(tmp_path, monkeypatch):
     import importlib.resources
 
-    from typer.testing import CliRunner
-
-    from spacy_contproto.cli import contproto_app
-
-    def old_install(package):
+    def develop_install(package):  # `setup.py develop` cannot import spacy_contproto.configs
         raise ModuleNotFoundError(f"No module named {package!r}")
 
-    monkeypatch.setattr(importlib.resources, "files", old_install)
-    result = CliRunner().invoke(contproto_app, ["init-configs", str(tmp_path / "configs")], env={"COLUMNS": "500"})
-    assert result.exit_code == 1 and "reinstall it (pip install -e .)" in " ".join(result.output.split())
+    monkeypatch.setattr(importlib.resources, "files", develop_install)
+    result = run_init_configs(tmp_path / "from-checkout")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "from-checkout").iterdir()) == sorted(p.name for p in CONFIGS.glob("*.cfg"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path / "empty")
+    result = run_init_configs(tmp_path / "configs")
+    assert result.exit_code == 1 and "No training configs were installed" in result.said
     assert not (tmp_path / "configs").exists()
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    import zipfile
+
+    from .conftest import REPO
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("spacy_contproto", "configs"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))) as wheel:
+        shipped = {name: wheel.read(name) for name in wheel.namelist() if name.endswith(".cfg")}
+    assert shipped == {f"spacy_contproto/configs/{p.name}": p.read_bytes() for p in CONFIGS.glob("*.cfg")}
