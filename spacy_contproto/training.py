@@ -103,7 +103,8 @@ class SelfTrainingCorpus:
         all_docs = (doc for file in files for doc in read_docbin(file).get_docs(nlp.vocab))
         docs = list(islice(all_docs, self.target_limit or None))
         if not docs:
-            read = f" (a folder's .spacy files only: it holds {len(files)} .spacy files)" if path.is_dir() else ""
+            files_held = f"{len(files)} .spacy file{'' if len(files) == 1 else 's'}"
+            read = f" (a folder's .spacy files only: it holds {files_held})" if path.is_dir() else ""
             raise ValueError(
                 f"target corpus {path} holds no Docs{read}: self-training needs unlabelled target "
                 "Docs (train on the source corpus alone with configs/teacher_cpu.cfg)."

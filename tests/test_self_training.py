@@ -258,6 +258,9 @@ def test_reader_errors(tmp_path, synthetic_corpus, target_corpus):
     (conll_only / "de_train.conll").write_text("Berlin B-LOC\n")
     with pytest.raises(ValueError, match=r"conll_only holds no Docs \(a folder's \.spacy files only: it holds 0 \.spacy files\)"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], conll_only)(nlp))
+    DocBin().to_disk(conll_only / "empty.spacy")
+    with pytest.raises(ValueError, match=r"conll_only holds no Docs \(a folder's \.spacy files only: it holds 1 \.spacy file\)"):
+        list(SelfTrainingCorpus(synthetic_corpus["train"], conll_only)(nlp))
     with pytest.raises(ValueError, match="60 of 60 Docs .* carry no pseudo labels.*pseudo-label"):
         list(SelfTrainingCorpus(synthetic_corpus["train"], target_corpus["raw"])(nlp))
     with pytest.raises(ValueError, match="source corpus .*missing.spacy does not exist"):
