@@ -870,6 +870,7 @@ def report(args) -> None:
                   "comparable in absolute terms. Each protocol is fixed for all of its runs; compare rows within one "
                   "protocol only. Max recall: the share of gold test entities no longer than max_span_length "
                   "(longer ones cannot be predicted and count as misses)."]
+    lines += order_section(by_version)
     for version in sorted(by_version, reverse=True):
         if by_version[version]:
             lines += protocol_section(version, by_version[version])
@@ -1113,6 +1114,78 @@ def difference_table(title: str, rows: List[Tuple[str, List[str]]], langs: List[
         return []
     return ["", title, "", "| difference | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs),
             *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows)]
+
+
+PAPER_ORDER_ROW = "paper (XLM-R large, mean of 3 runs)"
+
+
+def order_section(by_version: Dict[int, List[dict]]) -> List[str]:
+    """At a glance, per corpus and protocol (newest first): whether the order the paper expects,
+    ContProto > vanilla self-training > zero-shot, holds. Every number is a difference within one pair
+    that shares a teacher run: two students of the same seed, or a student and its own teacher's
+    zero-shot score, so teacher runs and seeds are never mixed."""
+    lines = []
+    for corpus, spec in CORPORA.items():
+        langs = list(spec["targets"])
+        rows = []
+        for version in sorted(by_version, reverse=True):
+            pairs = order_pairs([r for r in by_version[version] if r["corpus"] == corpus], langs)
+            rows += [(f"{version}", name, cells) for name, cells in pairs if any(cells)]
+        if not rows:
+            continue
+        paper = spec["paper"]
+        rows.append((PAPER_ORDER_ROW, "ContProto - w/o proto & cl",
+                     [[paper["ContProto"][t] - paper["w/o proto & cl"][t]] for t in langs]))
+        lines += ["", f"## {corpus}: ContProto > vanilla self-training > zero-shot?", "",
+                  "| protocol | difference | " + " | ".join(langs) + " | all targets |",
+                  "|---|---|" + "---|" * (len(langs) + 1)]
+        for version, name, cells in rows:
+            every = [d for diffs in cells for d in diffs]
+            shown = [order_cell(diffs) for diffs in cells] + [order_cell(every) if len(langs) > 1 else ""]
+            if version == PAPER_ORDER_ROW:  # one published number per target, not pairs
+                shown = [f"{mean_2dp(diffs):+.2f}" for diffs in [*cells, every]]
+            lines.append(f"| {version} | {name} | " + " | ".join(shown) + " |")
+    if not lines:
+        return []
+    return ["", "# At a glance", "",
+            "Is the order the paper expects there? Each cell: the mean F1 difference over pairs, then how many "
+            "pairs are above 0 of how many. A pair shares one teacher run: ContProto and vanilla self-training "
+            "students of the same seed, or a student and the zero-shot score of the teacher it started from. "
+            "Protocols differ in data and schedule (see each protocol's section); compare within a row.", *lines]
+
+
+def order_pairs(runs: List[dict], langs: List[str]) -> List[Tuple[str, List[List[float]]]]:
+    """Per target, the paired differences ContProto - vanilla, vanilla - zero-shot and ContProto -
+    zero-shot among one protocol's runs of one corpus."""
+    zero_shot: Dict[Tuple[int, Optional[float]], List[Dict[str, float]]] = {}
+    for seed, dev, scores, _ in teacher_runs(runs):
+        zero_shot.setdefault((seed, dev), []).append(scores)
+        zero_shot.setdefault((seed, None), []).append(scores)
+
+    def teacher_scores(student: dict) -> Optional[Dict[str, float]]:
+        # a student that did not record its teacher's dev F1 pairs only with a seed's one teacher run
+        found = zero_shot.get(teacher_key(student), [])
+        return found[0] if len(found) == 1 else None
+
+    students = [r for r in runs if r["variant"] in ("contproto", "vanilla")]
+    f1 = {(r["variant"], r["target"], r["seed"], teacher_key(r)): r["test"]["f1"] for r in students}
+    above_teacher = {variant: [[] for _ in langs] for variant in ("contproto", "vanilla")}
+    for r in students:
+        scores = teacher_scores(r)
+        if scores is not None and r["target"] in scores:
+            above_teacher[r["variant"]][langs.index(r["target"])].append(r["test"]["f1"] - scores[r["target"]])
+    contproto_vanilla = [[f1[key] - f1[("vanilla", *key[1:])] for key in sorted(f1, key=str)
+                          if key[0] == "contproto" and key[1] == target and ("vanilla", *key[1:]) in f1]
+                         for target in langs]
+    return [("ContProto - vanilla self-training", contproto_vanilla),
+            ("vanilla self-training - zero-shot", above_teacher["vanilla"]),
+            ("ContProto - zero-shot", above_teacher["contproto"])]
+
+
+def order_cell(diffs: List[float]) -> str:
+    if not diffs:
+        return ""
+    return f"{mean_2dp(diffs):+.2f} ({sum(d > 0 for d in diffs)} of {len(diffs)})"
 
 
 def mean_2dp(values: List[float]) -> Decimal:
