@@ -1096,17 +1096,24 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
 def difference_rows(students: List[dict], langs: List[str]) -> List[Tuple[str, List[List[Tuple[int, float]]]]]:
     """For ContProto - vanilla and each ablation - ContProto: per target, the (seed, F1 difference) of every
     pair of students that share a teacher run and a seed."""
-    f1 = {(r["variant"], r["target"], r["seed"], teacher_key(r)): r["test"]["f1"] for r in students}
     others = [v for v in [*VARIANTS, *RETIRED_VARIANTS] if v not in ("contproto", "vanilla")]
     rows = []
     for variant, base in [("contproto", "vanilla"), *((v, "contproto") for v in others)]:
-        cells = [[(seed, f1[(variant, target, seed, teacher)] - f1[(base, target, seed, teacher)])
-                  for (v, t, seed, teacher) in sorted(f1, key=lambda k: (k[2], k[3][0], k[3][1] or 0.0))
-                  if v == variant and t == target and (base, t, seed, teacher) in f1]
-                 for target in langs]
+        cells = same_seed_differences(students, variant, base, langs)
         if any(cells):
             rows.append((f"{VARIANT_NAMES[variant]} - {VARIANT_NAMES[base]}", cells))
     return rows
+
+
+def same_seed_differences(students: List[dict], variant: str, base: str,
+                          langs: List[str]) -> List[List[Tuple[int, float]]]:
+    """Per target, the (seed, F1 of variant - F1 of base) of every pair of students that share a teacher
+    run and a seed, in seed order."""
+    f1 = {(r["variant"], r["target"], r["seed"], teacher_key(r)): r["test"]["f1"] for r in students}
+    return [[(seed, f1[(variant, target, seed, teacher)] - f1[(base, target, seed, teacher)])
+             for (v, t, seed, teacher) in sorted(f1, key=lambda k: (k[2], k[3][0], k[3][1] or 0.0))
+             if v == variant and t == target and (base, t, seed, teacher) in f1]
+            for target in langs]
 
 
 def difference_table(title: str, rows: List[Tuple[str, List[str]]], langs: List[str]) -> List[str]:
@@ -1141,9 +1148,10 @@ def order_section(by_version: Dict[int, List[dict]]) -> List[str]:
                   "|---|---|" + "---|" * (len(langs) + 1)]
         for version, name, cells in rows:
             every = [d for diffs in cells for d in diffs]
-            shown = [order_cell(diffs) for diffs in cells] + [order_cell(every) if len(langs) > 1 else ""]
             if version == PAPER_ORDER_ROW:  # one published number per target, not pairs
                 shown = [f"{mean_2dp(diffs):+.2f}" for diffs in [*cells, every]]
+            else:
+                shown = [order_cell(diffs) for diffs in cells] + [order_cell(every) if len(langs) > 1 else ""]
             lines.append(f"| {version} | {name} | " + " | ".join(shown) + " |")
     if not lines:
         return []
@@ -1168,15 +1176,12 @@ def order_pairs(runs: List[dict], langs: List[str]) -> List[Tuple[str, List[List
         return found[0] if len(found) == 1 else None
 
     students = [r for r in runs if r["variant"] in ("contproto", "vanilla")]
-    f1 = {(r["variant"], r["target"], r["seed"], teacher_key(r)): r["test"]["f1"] for r in students}
     above_teacher = {variant: [[] for _ in langs] for variant in ("contproto", "vanilla")}
     for r in students:
         scores = teacher_scores(r)
         if scores is not None and r["target"] in scores:
             above_teacher[r["variant"]][langs.index(r["target"])].append(r["test"]["f1"] - scores[r["target"]])
-    contproto_vanilla = [[f1[key] - f1[("vanilla", *key[1:])] for key in sorted(f1, key=str)
-                          if key[0] == "contproto" and key[1] == target and ("vanilla", *key[1:]) in f1]
-                         for target in langs]
+    contproto_vanilla = [[d for _, d in pairs] for pairs in same_seed_differences(students, "contproto", "vanilla", langs)]
     return [("ContProto - vanilla self-training", contproto_vanilla),
             ("vanilla self-training - zero-shot", above_teacher["vanilla"]),
             ("ContProto - zero-shot", above_teacher["contproto"])]
