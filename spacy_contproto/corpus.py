@@ -7,7 +7,9 @@ The input format, as the cross-lingual NER corpora have it (CoNLL-2002/2003, Wik
   are ignored). When every token line holds a tab (TSV, e.g. WikiANN), only tabs separate
   columns, so a word holding a space (``New York<TAB>B-LOC``) is kept whole (counted in
   ``ConllStats.words_with_space``; the CLI warns when most words hold one, as in columns joined
-  by spaces and tabs). Only ASCII space
+  by spaces and tabs). A file whose token lines are mostly tab-separated, with words holding a
+  space, is refused at its first line without a tab (read with spaces as separators too, those
+  words would split). Only ASCII space
   and tab separate columns: other Unicode whitespace (no-break space, U+3000, ...) is part of
   a token. Unlabelled data (``unlabelled=True`` without ``keep_gold``) may have one column,
   the word only. Lines end in ``\\n`` or ``\\r\\n`` (a file whose only line break is
@@ -290,6 +292,8 @@ def _split_sentences(
     is_token = [_is_token_line(line) for line in text_lines]
     token_lines = [line for line, token in zip(text_lines, is_token) if token]
     tab_separated = bool(token_lines) and all("\t" in line for line in token_lines)
+    if not tab_separated:
+        _refuse_mixed_separators(text_lines, is_token, path)
     stats.separator = "tab" if tab_separated else "space/tab"
     separator = _TAB_SEPARATOR if tab_separated else _SEPARATOR
     expected = f"{min_columns} to {max_columns} columns, the word first" + (
@@ -330,6 +334,28 @@ def _split_sentences(
     close()
     _refuse_id_column(sentences, path, stats)
     return sentences
+
+
+def _refuse_mixed_separators(text_lines: List[str], is_token: List[bool], path: str) -> None:
+    """A ValueError when most token lines are tab-separated with words holding a space, but some
+    lines have no tab: the file would be read with spaces as separators too, splitting those
+    words (silently, where a sentence's lines still agree on their column count)."""
+    numbered = [(n, line) for n, (line, token) in enumerate(zip(text_lines, is_token), start=1) if token]
+    untabbed = [n for n, line in numbered if "\t" not in line]
+    tabbed = [(n, line) for n, line in numbered if "\t" in line]
+    if not untabbed or len(tabbed) <= len(untabbed):
+        return
+    spaced = [(n, line) for n, line in tabbed if " " in _TAB_SEPARATOR.split(line, maxsplit=1)[0]]
+    if not spaced or 2 * len(spaced) > len(tabbed):
+        return  # no word holds a space, or most tabbed lines join columns by spaces too
+    word_line, line = spaced[0]
+    more = f" (and {len(untabbed) - 1} more line{'s' if len(untabbed) > 2 else ''})" if len(untabbed) > 1 else ""
+    raise ValueError(
+        f"{path}:{untabbed[0]}: no tab, but {len(tabbed)} of the file's {len(numbered)} token lines are "
+        f"tab-separated, with words holding a space such as "
+        f"{_TAB_SEPARATOR.split(line, maxsplit=1)[0]!r} ({path}:{word_line}); read with spaces as "
+        f"separators too, those words would split. Make {path}:{untabbed[0]}{more} tab-separated"
+    )
 
 
 def _refuse_id_column(sentences: List[_RawSentence], path: str, stats: ConllStats) -> None:

@@ -501,6 +501,21 @@ def test_tab_separated_file_whose_columns_are_also_joined_by_spaces(tmp_path):
     assert stats.words_with_space == 1 and not stats.spaces_look_like_separators
 
 
+def test_tab_separated_file_with_a_line_of_spaces_is_refused_at_that_line(tmp_path):
+    # read with spaces as separators, both 3-column lines would agree and lose "Angeles", "York"
+    mixed = write(tmp_path, "Los Angeles\tB-LOC\nNew York\tB-LOC\n\nis\tO\nbig\tO\n\nhe O\n")
+    with pytest.raises(ValueError, match=r"data\.conll:7: no tab, but 4 of the file's 5 token lines are tab-sep.*'Los Angeles' \(.*data\.conll:1\)"):
+        conll_to_docs(mixed, VOCAB)
+    # the same file with that line fixed keeps the words whole
+    fixed = write(tmp_path, "Los Angeles\tB-LOC\nNew York\tB-LOC\n\nis\tO\nbig\tO\n\nhe\tO\n", name="fixed.conll")
+    assert [doc[0].text for doc in conll_to_docs(fixed, VOCAB)] == ["Los Angeles", "is", "he"]
+    # columns joined by spaces and tabs, or tabs in a minority of lines, read as before
+    joined = write(tmp_path, "EU NNP\tB-ORG\nrejects VBZ\tO\nGerman JJ O\n", name="joined.conll")
+    assert [t.text for t in conll_to_docs(joined, VOCAB)[0]] == ["EU", "rejects", "German"]
+    few_tabs = write(tmp_path, "Paris\tB-LOC\nis O\nbig O\n", name="few.conll")
+    assert [t.text for t in conll_to_docs(few_tabs, VOCAB)[0]] == ["Paris", "is", "big"]
+
+
 def test_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     path = write(tmp_path, "a B-PER\n")
     (tmp_path / "a_file").write_text("")
