@@ -526,7 +526,9 @@ class SpanContProto(TrainablePipe):
                 "probabilities lack the views and projections the losses need; to score "
                 "predictions use nlp.evaluate"
             )
-        result = self._compute_losses(list(examples), outputs)
+        examples = list(examples)
+        self._check_labels(examples)
+        result = self._compute_losses(examples, outputs)
         return result.total, result.grads
 
     def _compute_losses(self, examples: List[Example], outputs: SpanOutputs) -> "LossResult":

@@ -69,11 +69,20 @@ def decode_payload(payload: dict) -> Tuple[str, numpy.ndarray, List[str], int]:
         if payload["version"] != PAYLOAD_VERSION:
             raise ValueError(f"unsupported pseudo-label payload version {payload['version']}")
         classes = list(payload["classes"])
-        probs = numpy.frombuffer(payload["probs"], dtype=FLOAT16)
-        probs = probs.reshape(int(payload["n_spans"]), len(classes)).astype(numpy.float32)
-        return str(payload["id"]), probs, classes, int(payload["max_span_length"])
+        doc_id, n_spans, data = str(payload["id"]), int(payload["n_spans"]), payload["probs"]
+        max_span_length = int(payload["max_span_length"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"malformed pseudo-label payload: missing or bad field {err}") from None
+    expected = n_spans * len(classes) * FLOAT16.itemsize
+    if not isinstance(data, (bytes, bytearray)) or len(data) != expected:
+        size = f"{len(data)} bytes" if isinstance(data, (bytes, bytearray)) else type(data).__name__
+        raise ValueError(
+            f"malformed pseudo-label payload of Doc {doc_id!r}: probs holds {size}, but {n_spans} spans x "
+            f"{len(classes)} classes in float16 are {expected} bytes (a damaged or hand-edited file? "
+            "pseudo-label the target Docs again)"
+        )
+    probs = numpy.frombuffer(data, dtype=FLOAT16).reshape(n_spans, len(classes)).astype(numpy.float32)
+    return doc_id, probs, classes, max_span_length
 
 
 class PseudoLabelStore:

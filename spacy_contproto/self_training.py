@@ -117,12 +117,14 @@ class SelfTrainingState:
         """Called before each update (training callback). Ends finished epochs:
         margins for the next epoch, store flushed, quality logged."""
         if self.epoch_known:
+            # epochs skipped by a hand-written loop saw no spans: margins from the one that did
             for finished in range(self.epoch, epoch):
-                self.end_epoch(finished)
+                self.end_epoch(finished, margins=finished == self.epoch)
         self.epoch, self.step, self.epoch_known = epoch, step, True
 
-    def end_epoch(self, finished_epoch: int) -> None:
-        self.memory.end_epoch()
+    def end_epoch(self, finished_epoch: int, margins: bool = True) -> None:
+        if margins:
+            self.memory.end_epoch()
         if self.store is not None:
             self.store.flush()
             self.log_quality(epoch=finished_epoch + 1)

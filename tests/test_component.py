@@ -200,6 +200,12 @@ def test_get_loss_refuses_predict_output_clearly(initialized_nlp):
     eg = Example(doc, doc.copy())
     with pytest.raises(TypeError, match="get_loss takes the SpanOutputs of the training forward pass"):
         pipe.get_loss([eg], pipe.predict(list(initialized_nlp.pipe([doc.copy()], disable=["span_contproto"]))))
+    # a gold label the component lacks: the same clear error as update, not a KeyError
+    gold = initialized_nlp.make_doc("Anna lives in Paris .")
+    gold.ents = [Span(gold, 3, 4, "EVENT")]
+    outputs = pipe.model.predict([doc])
+    with pytest.raises(ValueError, match=r"gold entities have labels the component does not know: \['EVENT'\]"):
+        pipe.get_loss([Example(doc, gold)], outputs)
 
 
 def test_initialize_warns_about_unreachable_entities(tiny_encoder):

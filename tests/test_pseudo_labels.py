@@ -41,6 +41,13 @@ def test_payload_round_trip_is_fp16():
     assert numpy.array_equal(decoded, probs.astype(numpy.float16).astype(numpy.float32))
     with pytest.raises(ValueError, match="malformed"):
         decode_payload({"version": 1, "id": "x"})
+    # a damaged payload names its Doc and the size it should have, not numpy's reshape error
+    with pytest.raises(ValueError, match=r"payload of Doc 'x': probs holds 12 bytes, but 4 spans x 3 classes .* 24 bytes"):
+        decode_payload({**payload, "n_spans": 4})
+    with pytest.raises(ValueError, match=r"probs holds 11 bytes"):
+        decode_payload({**payload, "probs": payload["probs"][:-1]})
+    with pytest.raises(ValueError, match=r"probs holds str"):
+        decode_payload({**payload, "probs": "text"})
     with pytest.raises(ValueError, match="must be"):
         encode_payload("x", probs, ["O", "PER"], 4)
 

@@ -89,6 +89,14 @@ def test_first_refinement_margins_from_warmup_or_zero():
     assert margins_by_epoch("zero", warmup_epochs=2) == [None, None, [0.0, 0.0, 0.0], pytest.approx(from_warmup)]
 
 
+def test_an_epoch_number_skipped_keeps_the_margins_of_the_epoch_that_ran():
+    state = SelfTrainingState(ContProtoSettings(warmup_epochs=1), CLASSES, prototype_width=2)
+    state.set_training_state(epoch=0, step=0)
+    state.memory.add_margin_statistics(torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.6, 0.3]]), torch.tensor([0, 1]))
+    state.set_training_state(epoch=2, step=1)  # a hand-written loop that jumped from epoch 0 to 2
+    assert state.margins().tolist() == pytest.approx([0.9, 0.6, 0.0])
+
+
 @pytest.mark.parametrize("name", ["warmup_epochs", "store_max_ram_mb"])
 def test_negative_counts_are_refused(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 0"):
