@@ -345,16 +345,17 @@ def _refuse_mixed_separators(text_lines: List[str], is_token: List[bool], path: 
     tabbed = [(n, line) for n, line in numbered if "\t" in line]
     if not untabbed or len(tabbed) <= len(untabbed):
         return
-    spaced = [(n, line) for n, line in tabbed if " " in _TAB_SEPARATOR.split(line, maxsplit=1)[0]]
+    first_columns = ((n, _TAB_SEPARATOR.split(line, maxsplit=1)[0]) for n, line in tabbed)
+    spaced = [(n, word) for n, word in first_columns if " " in word]
+    # most words holding a space: columns joined by spaces too (ConllStats.spaces_look_like_separators)
     if not spaced or 2 * len(spaced) > len(tabbed):
-        return  # no word holds a space, or most tabbed lines join columns by spaces too
-    word_line, line = spaced[0]
+        return
+    word_line, word = spaced[0]
     more = f" (and {len(untabbed) - 1} more line{'s' if len(untabbed) > 2 else ''})" if len(untabbed) > 1 else ""
     raise ValueError(
         f"{path}:{untabbed[0]}: no tab, but {len(tabbed)} of the file's {len(numbered)} token lines are "
-        f"tab-separated, with words holding a space such as "
-        f"{_TAB_SEPARATOR.split(line, maxsplit=1)[0]!r} ({path}:{word_line}); read with spaces as "
-        f"separators too, those words would split. Make {path}:{untabbed[0]}{more} tab-separated"
+        f"tab-separated, with words holding a space such as {word!r} ({path}:{word_line}); read with "
+        f"spaces as separators too, those words would split. Make {path}:{untabbed[0]}{more} tab-separated"
     )
 
 
