@@ -1085,12 +1085,15 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
                 row.append(f"{values[0]:+.2f} (1 pair)" if values else "")
                 continue
             above = sum(v > 0 for v in values)
+            interval = mean_interval(values)
+            shown = f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
             row.append(f"{mean_2dp(values):+.2f} (sd {statistics.stdev(values):.2f}; "
-                       f"{above} of {len(values)} pairs above 0)")
+                       f"{above} of {len(values)} pairs above 0{shown})")
         rows.append((name, row))
     return difference_table("Differences at the same seed, the pairs of "
                             f"{'both' if teachers == 2 else f'all {teachers}'} teacher runs together "
-                            "(F1 points; mean over pairs, sd, how many pairs are above 0):", rows, langs)
+                            "(F1 points; mean over pairs, sd, how many pairs are above 0, from 3 pairs on "
+                            "the 95% t interval of the mean):", rows, langs)
 
 
 def difference_rows(students: List[dict], langs: List[str]) -> List[Tuple[str, List[List[Tuple[int, float]]]]]:
@@ -1157,7 +1160,8 @@ def order_section(by_version: Dict[int, List[dict]]) -> List[str]:
         return []
     return ["", "# At a glance", "",
             "Is the order the paper expects there? Each cell: the mean F1 difference over pairs, then how many "
-            "pairs are above 0 of how many. A pair shares one teacher run: ContProto and vanilla self-training "
+            "pairs are above 0 of how many and, from 3 pairs on, the 95% interval of the mean difference (Student's t "
+            "over the pairs; an interval that holds 0 leaves the order open at this many seeds). A pair shares one teacher run: ContProto and vanilla self-training "
             "students of the same seed, or a student and the zero-shot score of the teacher it started from. "
             "Protocols differ in data and schedule (see each protocol's section); compare within a row.", *lines]
 
@@ -1190,7 +1194,20 @@ def order_pairs(runs: List[dict], langs: List[str]) -> List[Tuple[str, List[List
 def order_cell(diffs: List[float]) -> str:
     if not diffs:
         return ""
-    return f"{mean_2dp(diffs):+.2f} ({sum(d > 0 for d in diffs)} of {len(diffs)})"
+    interval = mean_interval(diffs)
+    shown = f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
+    return f"{mean_2dp(diffs):+.2f} ({sum(d > 0 for d in diffs)} of {len(diffs)}{shown})"
+
+
+def mean_interval(diffs: List[float], level: float = 0.95) -> Optional[Tuple[float, float]]:
+    """Student's t interval of the mean paired difference, from at least 3 pairs: whether the pairs
+    separate two variants from 0 or leave that open at this many seeds."""
+    if len(diffs) < 3:
+        return None
+    from scipy import stats  # scikit-learn's dependency, in the dev and project extras
+
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=level)
+    return float(interval.low), float(interval.high)
 
 
 def mean_2dp(values: List[float]) -> Decimal:
