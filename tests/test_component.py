@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -518,3 +519,28 @@ def test_a_listener_with_no_upstream_component_is_a_clear_error():
     examples = [Example(nlp.make_doc(d.text), d) for d in synthetic_docs(nlp.vocab, 4, seed=3)]
     with pytest.raises(ValueError, match="no such component has linked it"):
         nlp.initialize(lambda: examples)
+
+
+def test_n_process_gives_the_single_process_annotations(trained_teacher, synthetic_corpus):
+    # the README's recipe for nlp.pipe(n_process=2) on CPU: torch's OpenMP pool deadlocks in forked
+    # workers (any spaCy transformer pipeline), so one torch thread first; run in a subprocess so a
+    # hang fails the test instead of the suite
+    code = (
+        "import sys, numpy, spacy, torch\n"
+        "from spacy.tokens import DocBin\n"
+        "nlp = spacy.load(sys.argv[1])\n"
+        "texts = [d.text for d in DocBin().from_disk(sys.argv[2]).get_docs(nlp.vocab)][:24]\n"
+        "def annotations(docs):\n"
+        "    return [([(e.start, e.end, e.label_) for e in d.ents],\n"
+        "             [(s.start, s.end, s.label_) for s in d.spans['contproto']],\n"
+        "             numpy.round(d.spans['contproto'].attrs['scores'], 6).tolist()) for d in docs]\n"
+        "torch.set_num_threads(1)\n"
+        "one = annotations(nlp.pipe(texts, batch_size=4))\n"
+        "two = annotations(nlp.pipe(texts, batch_size=4, n_process=2))\n"
+        "assert sum(len(ents) for ents, _, _ in one) > 0\n"
+        "print('same' if one == two else f'differ: {one} {two}')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(trained_teacher), str(synthetic_corpus["dev"])],
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "same", out.stdout[-2000:]
