@@ -1085,10 +1085,8 @@ def pooled_differences(students: List[dict], langs: List[str], teachers: int) ->
                 row.append(f"{values[0]:+.2f} (1 pair)" if values else "")
                 continue
             above = sum(v > 0 for v in values)
-            interval = mean_interval(values)
-            shown = f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
             row.append(f"{mean_2dp(values):+.2f} (sd {statistics.stdev(values):.2f}; "
-                       f"{above} of {len(values)} pairs above 0{shown})")
+                       f"{above} of {len(values)} pairs above 0{interval_text(values)})")
         rows.append((name, row))
     return difference_table("Differences at the same seed, the pairs of "
                             f"{'both' if teachers == 2 else f'all {teachers}'} teacher runs together "
@@ -1194,9 +1192,12 @@ def order_pairs(runs: List[dict], langs: List[str]) -> List[Tuple[str, List[List
 def order_cell(diffs: List[float]) -> str:
     if not diffs:
         return ""
+    return f"{mean_2dp(diffs):+.2f} ({sum(d > 0 for d in diffs)} of {len(diffs)}{interval_text(diffs)})"
+
+
+def interval_text(diffs: List[float]) -> str:
     interval = mean_interval(diffs)
-    shown = f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
-    return f"{mean_2dp(diffs):+.2f} ({sum(d > 0 for d in diffs)} of {len(diffs)}{shown})"
+    return f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
 
 
 def mean_interval(diffs: List[float], level: float = 0.95) -> Optional[Tuple[float, float]]:
