@@ -1158,9 +1158,9 @@ def order_section(by_version: Dict[int, List[dict]]) -> List[str]:
         return []
     return ["", "# At a glance", "",
             "Is the order the paper expects there? Each cell: the mean F1 difference over pairs, then how many "
-            "pairs are above 0 of how many and, from 3 pairs on, the 95% interval of the mean difference (Student's t "
-            "over the pairs; an interval that holds 0 leaves the order open at this many seeds). A pair shares one teacher run: ContProto and vanilla self-training "
-            "students of the same seed, or a student and the zero-shot score of the teacher it started from. "
+            "pairs are above 0 of how many and, from 3 pairs on, the 95% interval of the mean difference "
+            "(Student's t over the pairs; an interval that holds 0 leaves the order open at this many seeds). "
+            "A pair shares one teacher run: ContProto and vanilla self-training students of the same seed, or a student and the zero-shot score of the teacher it started from. "
             "Protocols differ in data and schedule (see each protocol's section); compare within a row.", *lines]
 
 
@@ -1196,19 +1196,14 @@ def order_cell(diffs: List[float]) -> str:
 
 
 def interval_text(diffs: List[float]) -> str:
-    interval = mean_interval(diffs)
-    return f"; 95% CI {interval[0]:+.2f} to {interval[1]:+.2f}" if interval else ""
-
-
-def mean_interval(diffs: List[float], level: float = 0.95) -> Optional[Tuple[float, float]]:
-    """Student's t interval of the mean paired difference, from at least 3 pairs: whether the pairs
-    separate two variants from 0 or leave that open at this many seeds."""
+    """The 95% Student's t interval of the mean paired difference, from at least 3 pairs: whether the
+    pairs separate two variants from 0 or leave that open at this many seeds."""
     if len(diffs) < 3:
-        return None
+        return ""
     from scipy import stats  # scikit-learn's dependency, in the dev and project extras
 
-    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=level)
-    return float(interval.low), float(interval.high)
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence_level=0.95)
+    return f"; 95% CI {interval.low:+.2f} to {interval.high:+.2f}"
 
 
 def mean_2dp(values: List[float]) -> Decimal:
